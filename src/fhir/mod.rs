@@ -1,0 +1,4 @@
+//! FHIR R4 model knowledge: definitions, validation, OperationOutcome.
+pub mod definitions;
+pub mod outcome;
+pub mod validation;
