@@ -1,1 +1,12 @@
-pub mod placeholder {}
+//! fhirgate: a FHIR R4 interoperability server for connected medical devices.
+//!
+//! Data flows one way: device adapters and REST clients hand resources to [`store`]
+//! (validate, version, index in one transaction), [`api`] serves them over FHIR REST.
+
+pub mod api;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod fhir;
+pub mod server;
+pub mod store;

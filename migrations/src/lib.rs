@@ -1,1 +1,26 @@
+//! Database schema for fhirgate, on SQLite and PostgreSQL.
+//!
+//! Migrations are plain SQL per backend so the column types are explicit (JSONB on
+//! PostgreSQL, JSON text on SQLite) and every statement is `IF NOT EXISTS`: running them
+//! twice, or from two processes at once, is harmless.
 pub use sea_orm_migration::prelude::*;
+
+mod m20261124_000001_resources;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261124_000001_resources::Migration)]
+    }
+}
+
+/// Runs each statement of a `;`-separated script.
+pub(crate) async fn run_script(manager: &SchemaManager<'_>, script: &str) -> Result<(), DbErr> {
+    let connection = manager.get_connection();
+    for statement in script.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        connection.execute_unprepared(statement).await?;
+    }
+    Ok(())
+}

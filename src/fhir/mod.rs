@@ -1,4 +1,5 @@
 //! FHIR R4 model knowledge: definitions, validation, OperationOutcome.
 pub mod definitions;
 pub mod outcome;
+pub mod resource;
 pub mod validation;

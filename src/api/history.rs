@@ -1,0 +1,233 @@
+//! History at instance, type and system level, newest first, with `_since`, `_count` and
+//! stable paging: the next page continues below the last version seen, so versions
+//! written meanwhile neither shift nor repeat entries.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde_json::{json, Value as Json};
+
+use super::extract::BaseUrl;
+use super::respond::fhir_json;
+use super::summary::FormatParams;
+use super::{check_type, AppState};
+use crate::error::{FhirError, FhirResult};
+use crate::fhir::resource::check_id;
+use crate::store::time::{instant, parse_fhir_instant};
+use crate::store::versions::Method;
+use crate::store::{HistoryPage, HistoryScope};
+
+pub const DEFAULT_COUNT: u64 = 50;
+pub const MAX_COUNT: u64 = 1000;
+
+/// History of one resource.
+#[utoipa::path(
+    get, path = "/fhir/{type}/{id}/_history", tag = "History",
+    params(
+        ("type" = String, Path, description = "Resource type", example = "Observation"),
+        ("id" = String, Path, description = "Logical id"),
+        HistoryQuery,
+    ),
+    responses((status = 200, description = "history Bundle, newest first", content_type = "application/fhir+json"),
+              (status = 404, description = "Unknown resource", content_type = "application/fhir+json"))
+)]
+pub async fn instance_history(
+    State(state): State<AppState>,
+    Path((resource_type, id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    base: BaseUrl,
+) -> FhirResult<Response> {
+    check_type(&resource_type)?;
+    check_id(&id)?;
+    if state.store.read(&resource_type, &id).await?.is_none() {
+        return Err(FhirError::not_found(format!(
+            "{resource_type}/{id} is not known to this server"
+        )));
+    }
+    let path = format!("{resource_type}/{id}/_history");
+    history(
+        state,
+        HistoryScope::Instance(resource_type, id),
+        query,
+        base,
+        &path,
+    )
+    .await
+}
+
+/// History of all resources of one type.
+#[utoipa::path(
+    get, path = "/fhir/{type}/_history", tag = "History",
+    params(("type" = String, Path, description = "Resource type", example = "Observation"), HistoryQuery),
+    responses((status = 200, description = "history Bundle, newest first", content_type = "application/fhir+json"))
+)]
+pub async fn type_history(
+    State(state): State<AppState>,
+    Path(resource_type): Path<String>,
+    RawQuery(query): RawQuery,
+    base: BaseUrl,
+) -> FhirResult<Response> {
+    check_type(&resource_type)?;
+    let path = format!("{resource_type}/_history");
+    history(state, HistoryScope::Type(resource_type), query, base, &path).await
+}
+
+/// History of the whole server.
+#[utoipa::path(
+    get, path = "/fhir/_history", tag = "History",
+    params(HistoryQuery),
+    responses((status = 200, description = "history Bundle, newest first", content_type = "application/fhir+json"))
+)]
+pub async fn system_history(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    base: BaseUrl,
+) -> FhirResult<Response> {
+    history(state, HistoryScope::System, query, base, "_history").await
+}
+
+/// The query parameters of a history interaction (documentation only).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct HistoryQuery {
+    /// Only versions written at or after this instant, e.g. 2024-03-01T00:00:00Z.
+    #[param(rename = "_since")]
+    since: Option<String>,
+    /// Entries per page (default 50, at most 1000).
+    #[param(rename = "_count")]
+    count: Option<u64>,
+    /// Paging cursor from a `next` link.
+    #[param(rename = "_cursor")]
+    cursor: Option<i64>,
+}
+
+struct HistoryParams {
+    since: Option<i64>,
+    since_text: Option<String>,
+    count: u64,
+    cursor: Option<i64>,
+}
+
+fn parse_params(query: Option<&str>) -> FhirResult<HistoryParams> {
+    let mut params = HistoryParams {
+        since: None,
+        since_text: None,
+        count: DEFAULT_COUNT,
+        cursor: None,
+    };
+    for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match name.as_ref() {
+            "_since" => {
+                params.since = Some(parse_fhir_instant(&value).ok_or_else(|| {
+                    FhirError::bad_request(format!(
+                        "_since must be an instant such as 2024-03-01T10:00:00Z, not {value:?}"
+                    ))
+                })?);
+                params.since_text = Some(value.into_owned());
+            }
+            "_count" => {
+                let count: u64 = value.parse().map_err(|_| {
+                    FhirError::bad_request(format!(
+                        "_count must be a non-negative whole number, not {value:?}"
+                    ))
+                })?;
+                params.count = count.min(MAX_COUNT);
+            }
+            "_cursor" => {
+                params.cursor = Some(value.parse().map_err(|_| {
+                    FhirError::bad_request(format!("invalid paging cursor {value:?}"))
+                })?);
+            }
+            "_at" => {
+                return Err(FhirError::not_supported(
+                    StatusCode::BAD_REQUEST,
+                    "_at is not supported on history; use _since",
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(params)
+}
+
+async fn history(
+    state: AppState,
+    scope: HistoryScope,
+    query: Option<String>,
+    base: BaseUrl,
+    path: &str,
+) -> FhirResult<Response> {
+    let params = parse_params(query.as_deref())?;
+    let format = FormatParams::parse(query.as_deref())?;
+    let page = state
+        .store
+        .history(&scope, params.since, params.count, params.cursor)
+        .await?;
+    Ok(fhir_json(
+        StatusCode::OK,
+        &history_bundle(&page, &params, &format, &base, path),
+    ))
+}
+
+fn history_bundle(
+    page: &HistoryPage,
+    params: &HistoryParams,
+    format: &FormatParams,
+    base: &BaseUrl,
+    path: &str,
+) -> Json {
+    let link_to = |cursor: Option<i64>| {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        query.append_pair("_count", &params.count.to_string());
+        if let Some(since) = &params.since_text {
+            query.append_pair("_since", since);
+        }
+        if let Some(cursor) = cursor {
+            query.append_pair("_cursor", &cursor.to_string());
+        }
+        format!("{}/{}?{}", base.0, path, query.finish())
+    };
+    let mut links = vec![json!({"relation": "self", "url": link_to(params.cursor)})];
+    if let Some(next) = page.next_before_seq {
+        links.push(json!({"relation": "next", "url": link_to(Some(next))}));
+    }
+    let entries: Vec<Json> = page
+        .entries
+        .iter()
+        .map(|entry| {
+            let stored = &entry.resource;
+            let url = format!("{}/{}", stored.resource_type, stored.id);
+            let mut item = json!({ "fullUrl": format!("{}/{}", base.0, url) });
+            if let Some(content) = &stored.content {
+                item["resource"] = format.apply(content);
+            }
+            item["request"] = json!({
+                "method": entry.method.as_str(),
+                "url": if entry.method == Method::Post { stored.resource_type.clone() } else { url.clone() },
+            });
+            item["response"] = json!({
+                "status": match entry.method {
+                    Method::Post => "201 Created",
+                    Method::Delete => "204 No Content",
+                    _ => "200 OK",
+                },
+                "etag": stored.etag(),
+                "lastModified": instant(stored.last_updated),
+            });
+            item
+        })
+        .collect();
+    let mut bundle = json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "meta": {"lastUpdated": instant(crate::store::time::now_micros())},
+        "type": "history",
+        "link": links,
+    });
+    // FHIR JSON has no empty arrays: an empty page has no `entry` at all.
+    if !entries.is_empty() {
+        bundle["entry"] = Json::Array(entries);
+    }
+    bundle
+}

@@ -1,0 +1,134 @@
+//! The FHIR REST API (axum). Handlers are registered through utoipa-axum's
+//! `OpenApiRouter`, so the OpenAPI document is generated from the same routes that serve.
+
+pub mod bundle;
+pub mod crud;
+pub mod extract;
+pub mod history;
+pub mod metadata;
+pub mod negotiate;
+pub mod openapi;
+pub mod respond;
+pub mod summary;
+pub mod validate;
+
+use std::sync::Arc;
+
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use serde_json::Value as Json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::config::ServeConfig;
+use crate::error::{FhirError, FhirResult};
+use crate::fhir::definitions::Definitions;
+use crate::store::Store;
+
+/// Everything a handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub config: Arc<ServeConfig>,
+    pub capability: Arc<Json>,
+}
+
+/// The FHIR routes with their OpenAPI description.
+pub fn fhir_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(metadata::metadata))
+        .routes(routes!(bundle::batch_or_transaction))
+        .routes(routes!(history::system_history))
+        .routes(routes!(
+            crud::create,
+            crud::conditional_update,
+            crud::conditional_delete
+        ))
+        .routes(routes!(history::type_history))
+        .routes(routes!(validate::validate_type))
+        .routes(routes!(crud::read, crud::update, crud::patch, crud::delete))
+        .routes(routes!(validate::validate_instance))
+        .routes(routes!(history::instance_history))
+        .routes(routes!(crud::vread))
+}
+
+/// 404 for a resource type this server does not know.
+pub fn check_type(resource_type: &str) -> FhirResult<()> {
+    if Definitions::get().is_resource_type(resource_type) {
+        Ok(())
+    } else {
+        Err(FhirError::not_found(format!(
+            "unknown resource type {resource_type:?}; resource types are case-sensitive R4 names such as Observation"
+        )))
+    }
+}
+
+/// Paths that match no route.
+pub async fn not_found(method: Method, uri: Uri) -> Response {
+    FhirError::not_found(format!(
+        "{method} {} is not a FHIR endpoint of this server",
+        uri.path()
+    ))
+    .into_response()
+}
+
+/// Routes that exist but not for this method.
+pub async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    let mut response = FhirError::not_supported(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+    .into_response();
+    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    response
+}
+
+/// The whole HTTP application.
+pub fn app(state: AppState) -> Router {
+    let (fhir, api_doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::base())
+        .merge(fhir_routes())
+        .split_for_parts();
+    let max_body = state.config.max_body_bytes;
+    let api_doc = openapi::finish(api_doc);
+    Router::new()
+        .merge(fhir)
+        .merge(openapi::docs_routes(api_doc))
+        .route("/healthz", axum::routing::get(health))
+        .route("/readyz", axum::routing::get(ready))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(negotiate::check_accept))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+async fn ready(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    use sea_orm::ConnectionTrait;
+    match state
+        .store
+        .connection()
+        .execute_unprepared("SELECT 1")
+        .await
+    {
+        Ok(_) => "ready".into_response(),
+        Err(err) => FhirError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            crate::fhir::outcome::IssueCode::Exception,
+            format!("the database is not reachable: {err}"),
+        )
+        .into_response(),
+    }
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    FhirError::internal("a request handler panicked").into_response()
+}

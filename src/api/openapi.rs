@@ -1,0 +1,59 @@
+//! The OpenAPI document (`/openapi.json`, `fhirgate openapi`) and Swagger UI (`/docs`,
+//! vendored so it works offline).
+
+use axum::Router;
+use utoipa::openapi::OpenApi;
+use utoipa::OpenApi as _;
+use utoipa_swagger_ui::SwaggerUi;
+
+use super::AppState;
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "fhirgate FHIR R4 API",
+        description = "FHIR R4 (4.0.1) server for connected medical devices. Resources are FHIR JSON \
+(`application/fhir+json`); every error is an OperationOutcome that says what is wrong and where. \
+`{type}` is any of the 145 R4 resource types.",
+        license(name = "Apache-2.0")
+    ),
+    tags(
+        (name = "System interactions", description = "CapabilityStatement, batch and transaction"),
+        (name = "Instance interactions", description = "create, read, vread, update, patch, delete"),
+        (name = "Type interactions", description = "conditional update and delete"),
+        (name = "History", description = "version history, newest first"),
+        (name = "Operations", description = "FHIR operations such as $validate"),
+    )
+)]
+pub struct ApiDoc;
+
+impl ApiDoc {
+    pub fn base() -> OpenApi {
+        ApiDoc::openapi()
+    }
+}
+
+/// Final touches after the routes added their paths.
+pub fn finish(mut doc: OpenApi) -> OpenApi {
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    doc
+}
+
+/// The complete document, as served at `/openapi.json`.
+pub fn document() -> OpenApi {
+    let (_, doc) = utoipa_axum::router::OpenApiRouter::<AppState>::with_openapi(ApiDoc::base())
+        .merge(super::fhir_routes())
+        .split_for_parts();
+    finish(doc)
+}
+
+/// The document as pretty JSON with a final newline (the form kept in `openapi/`).
+pub fn document_json() -> String {
+    let mut text = document().to_pretty_json().unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+pub fn docs_routes(doc: OpenApi) -> Router<AppState> {
+    Router::from(SwaggerUi::new("/docs").url("/openapi.json", doc))
+}

@@ -1,0 +1,250 @@
+//! Server configuration: command-line flags, `FHIRGATE_*` environment variables and an
+//! optional TOML file, in that order of precedence, then the documented defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/fhirgate.db";
+/// Largest request body accepted (a transaction Bundle from an agent can be large).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// No authentication: only for local development on a loopback address.
+    Off,
+    /// SMART on FHIR backend services (bearer JWT).
+    Smart,
+}
+
+/// `fhirgate serve` flags. Every value is optional here so that a value given nowhere on
+/// the command line or in the environment can still come from the `--config` file.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (keys as the flag names, `-` or `_`).
+    #[arg(long, env = "FHIRGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on for HTTP [default: 127.0.0.1:8080].
+    #[arg(long, env = "FHIRGATE_LISTEN")]
+    pub listen: Option<String>,
+    /// `sqlite://PATH` (created when missing) or `postgres://…` [default: sqlite://data/fhirgate.db].
+    #[arg(long, env = "FHIRGATE_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// `off` (loopback only, development) or `smart`.
+    #[arg(long, env = "FHIRGATE_AUTH", value_enum)]
+    pub auth: Option<AuthMode>,
+    /// Public base URL of the FHIR endpoint (e.g. `https://fhir.example.org/fhir`); by
+    /// default it is derived from each request's Host header.
+    #[arg(long, env = "FHIRGATE_BASE_URL")]
+    pub base_url: Option<String>,
+    /// HL7 v2 MLLP listener address (off unless given).
+    #[arg(long, env = "FHIRGATE_MLLP")]
+    pub mllp: Option<String>,
+    /// MQTT broker URL to subscribe to (off unless given).
+    #[arg(long, env = "FHIRGATE_MQTT")]
+    pub mqtt: Option<String>,
+    /// DICOM C-STORE SCP address, AE title FHIRGATE (off unless given).
+    #[arg(long, env = "FHIRGATE_DICOM")]
+    pub dicom: Option<String>,
+    /// Comma-separated CIDRs or host names outbound requests may reach although private.
+    #[arg(long, env = "FHIRGATE_OUTBOUND_ALLOW")]
+    pub outbound_allow: Option<String>,
+    /// Largest accepted request body in bytes [default: 16 MiB].
+    #[arg(long, env = "FHIRGATE_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+}
+
+/// The same settings as they may appear in the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    listen: Option<String>,
+    #[serde(alias = "database-url")]
+    database_url: Option<String>,
+    auth: Option<AuthMode>,
+    #[serde(alias = "base-url")]
+    base_url: Option<String>,
+    mllp: Option<String>,
+    mqtt: Option<String>,
+    dicom: Option<String>,
+    #[serde(alias = "outbound-allow")]
+    outbound_allow: Option<String>,
+    #[serde(alias = "max-body-bytes")]
+    max_body_bytes: Option<usize>,
+}
+
+/// Fully resolved server settings.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: String,
+    pub database_url: String,
+    pub auth: AuthMode,
+    pub base_url: Option<String>,
+    pub mllp: Option<String>,
+    pub mqtt: Option<String>,
+    pub dicom: Option<String>,
+    pub outbound_allow: Vec<String>,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ServeConfig {
+    /// Settings for a test or embedded server with everything at its defaults.
+    pub fn for_database(database_url: &str) -> Self {
+        ServeConfig {
+            listen: "127.0.0.1:0".into(),
+            database_url: database_url.into(),
+            auth: AuthMode::Off,
+            base_url: None,
+            mllp: None,
+            mqtt: None,
+            dicom: None,
+            outbound_allow: Vec::new(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+
+    pub fn resolve(args: ServeArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileSettings::default(),
+        };
+        let config = ServeConfig {
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| DEFAULT_LISTEN.into()),
+            database_url: args
+                .database_url
+                .or(file.database_url)
+                .unwrap_or_else(|| DEFAULT_DATABASE_URL.into()),
+            // Authentication is not implemented yet, so `off` is the only working mode.
+            auth: args.auth.or(file.auth).unwrap_or(AuthMode::Off),
+            base_url: args
+                .base_url
+                .or(file.base_url)
+                .map(|url| url.trim_end_matches('/').to_string()),
+            mllp: args.mllp.or(file.mllp),
+            mqtt: args.mqtt.or(file.mqtt),
+            dicom: args.dicom.or(file.dicom),
+            outbound_allow: args
+                .outbound_allow
+                .or(file.outbound_allow)
+                .map(|list| {
+                    list.split(',')
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            max_body_bytes: args
+                .max_body_bytes
+                .or(file.max_body_bytes)
+                .unwrap_or(DEFAULT_MAX_BODY_BYTES),
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let addr: SocketAddr = self.listen.parse().map_err(|_| {
+            ConfigError::Invalid(format!(
+                "--listen {:?} is not an address such as 127.0.0.1:8080",
+                self.listen
+            ))
+        })?;
+        if self.auth == AuthMode::Off && !addr.ip().is_loopback() {
+            return Err(ConfigError::Invalid(format!(
+                "--auth off is only allowed on a loopback address, not {addr}: \
+                 listen on 127.0.0.1 or enable authentication"
+            )));
+        }
+        if self.auth == AuthMode::Smart {
+            return Err(ConfigError::Invalid(
+                "--auth smart is not available in this version yet; use --auth off on a loopback address".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileSettings, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_file_overrides_defaults() {
+        let dir = std::env::temp_dir().join(format!("fhirgate-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("fhirgate.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9999\"\ndatabase-url = \"sqlite://x.db\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            listen: Some("127.0.0.1:7777".into()),
+            ..Default::default()
+        };
+        let config = ServeConfig::resolve(args).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:7777");
+        assert_eq!(config.database_url, "sqlite://x.db");
+        assert_eq!(config.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+    }
+
+    #[test]
+    fn auth_off_is_refused_on_a_public_address() {
+        let args = ServeArgs {
+            listen: Some("0.0.0.0:8080".into()),
+            auth: Some(AuthMode::Off),
+            ..Default::default()
+        };
+        let err = ServeConfig::resolve(args).unwrap_err();
+        assert!(err.to_string().contains("loopback"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_reported() {
+        let dir = std::env::temp_dir().join(format!("fhirgate-config-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, "lisen = \"127.0.0.1:1\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        let err = ServeConfig::resolve(args).unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+    }
+}

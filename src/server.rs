@@ -1,0 +1,118 @@
+//! Starting and stopping the server: database, migrations, HTTP listener, graceful
+//! shutdown (in-flight requests finish on SIGINT/SIGTERM).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, AppState};
+use crate::config::ServeConfig;
+use crate::db;
+use crate::fhir::definitions::Definitions;
+use crate::store::Store;
+
+/// A server running in this process (used by `serve` and by the integration tests).
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningServer {
+    /// The FHIR base URL, e.g. `http://127.0.0.1:8080/fhir`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/fhir", self.addr)
+    }
+
+    /// Stops accepting connections and waits for in-flight requests to finish.
+    pub async fn stop(mut self) -> std::io::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.await.unwrap_or(Ok(()))
+    }
+
+    /// Runs until the process is asked to stop (SIGINT or SIGTERM).
+    pub async fn run_until_signal(mut self) -> std::io::Result<()> {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.await.unwrap_or(Ok(()))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("database {0}")]
+    Database(#[from] sea_orm::DbErr),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// Connects, migrates and starts serving HTTP on `config.listen` (port 0 picks a free one).
+pub async fn start(config: ServeConfig) -> Result<RunningServer, StartError> {
+    // Load the R4 definitions before accepting requests, not on the first one.
+    let definitions = tokio::task::spawn_blocking(Definitions::get);
+    let connection = db::connect(&config.database_url).await?;
+    db::migrate(&connection).await?;
+    let _ = definitions.await;
+    let listener =
+        TcpListener::bind(&config.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.listen.clone(),
+                source,
+            })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.listen.clone(),
+        source,
+    })?;
+    let state = AppState {
+        store: Store::new(connection),
+        config: Arc::new(config),
+        capability: Arc::new(api::metadata::capability_statement()),
+    };
+    let app = api::app(state);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    Ok(RunningServer {
+        addr,
+        stop: Some(stop),
+        task,
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

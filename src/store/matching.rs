@@ -1,0 +1,63 @@
+//! Finding the resources that conditional interactions (`If-None-Exist`, conditional
+//! update/delete, conditional references) refer to.
+
+use sea_orm::ConnectionTrait;
+
+use super::sql::statement;
+use crate::error::{FhirError, FhirResult};
+
+/// Search parameters usable in conditional criteria: (name, type, documentation).
+pub const SUPPORTED_CRITERIA: &[(&str, &str, &str)] =
+    &[("_id", "token", "Logical id of the resource")];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Match {
+    pub id: String,
+    pub version_id: i64,
+}
+
+/// The current, non-deleted resources of `resource_type` matching `criteria`, a search
+/// query string such as `identifier=http://acme.org/mrn|123` (a leading `?` or
+/// `Type?` is allowed).
+pub async fn find_matches(
+    conn: &impl ConnectionTrait,
+    resource_type: &str,
+    criteria: &str,
+) -> FhirResult<Vec<Match>> {
+    let query = criteria.split_once('?').map(|(_, q)| q).unwrap_or(criteria);
+    let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    if params.is_empty() {
+        return Err(FhirError::bad_request(format!(
+            "the conditional criteria {criteria:?} are empty; give search parameters such as identifier=system|value"
+        )));
+    }
+    let backend = conn.get_database_backend();
+    let mut sql = String::from(
+        "SELECT id, version_id FROM resources WHERE resource_type = ? AND deleted = ?",
+    );
+    let mut values: Vec<sea_orm::Value> = vec![resource_type.into(), false.into()];
+    for (name, value) in &params {
+        match name.as_str() {
+            "_id" => {
+                sql.push_str(" AND id = ?");
+                values.push(value.as_str().into());
+            }
+            other => {
+                return Err(FhirError::bad_request(format!(
+                    "the search parameter {other:?} cannot be used in conditional criteria yet"
+                )))
+            }
+        }
+    }
+    let rows = conn.query_all_raw(statement(backend, &sql, values)).await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Match {
+                id: row.try_get("", "id")?,
+                version_id: row.try_get("", "version_id")?,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,68 @@
+//! Versioned resource storage on SeaORM (SQLite or PostgreSQL).
+//!
+//! Reads go straight to the connection pool. Writes run through [`Writer`] (group
+//! commit) and use the functions in [`versions`] on the transaction they are given, so a
+//! REST write, a transaction Bundle and an adapter all store resources the same way.
+
+pub mod matching;
+pub mod repository;
+pub mod sql;
+pub mod time;
+pub mod versions;
+pub mod writer;
+
+use sea_orm::{DatabaseConnection, DbBackend};
+
+use crate::error::FhirResult;
+pub use versions::{HistoryEntry, HistoryPage, HistoryScope, StoredResource};
+pub use writer::Writer;
+
+/// The storage handle shared by all request handlers.
+#[derive(Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+    writer: Writer,
+}
+
+impl Store {
+    pub fn new(db: DatabaseConnection) -> Self {
+        let writer = Writer::start(db.clone());
+        Store { db, writer }
+    }
+
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    pub fn backend(&self) -> DbBackend {
+        self.db.get_database_backend()
+    }
+
+    pub fn writer(&self) -> &Writer {
+        &self.writer
+    }
+
+    /// The current version of a resource, a tombstone when it was deleted.
+    pub async fn read(&self, resource_type: &str, id: &str) -> FhirResult<Option<StoredResource>> {
+        versions::read_current(&self.db, resource_type, id).await
+    }
+
+    pub async fn vread(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version_id: i64,
+    ) -> FhirResult<Option<StoredResource>> {
+        versions::read_version(&self.db, resource_type, id, version_id).await
+    }
+
+    pub async fn history(
+        &self,
+        scope: &HistoryScope,
+        since: Option<i64>,
+        count: u64,
+        before_seq: Option<i64>,
+    ) -> FhirResult<HistoryPage> {
+        versions::history(&self.db, scope, since, count, before_seq).await
+    }
+}

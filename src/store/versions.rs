@@ -1,0 +1,330 @@
+//! Rows of `resources` (current versions) and `resource_versions` (every version).
+
+use sea_orm::{ConnectionTrait, DbBackend, QueryResult, Value};
+use serde_json::Value as Json;
+
+use super::sql::{json_value, statement};
+use super::time::instant;
+use crate::error::{FhirError, FhirResult};
+
+/// One stored version of a resource.
+#[derive(Debug, Clone)]
+pub struct StoredResource {
+    pub resource_type: String,
+    pub id: String,
+    pub version_id: i64,
+    /// Microseconds since the Unix epoch.
+    pub last_updated: i64,
+    pub deleted: bool,
+    /// The resource with `id` and `meta.versionId`/`meta.lastUpdated` set; `None` for a
+    /// deletion.
+    pub content: Option<Json>,
+}
+
+impl StoredResource {
+    pub fn etag(&self) -> String {
+        format!("W/\"{}\"", self.version_id)
+    }
+}
+
+/// The HTTP method that produced a version, kept for history bundles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Post,
+    Put,
+    Patch,
+    Delete,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Patch => "PATCH",
+            Method::Delete => "DELETE",
+        }
+    }
+
+    fn parse(text: &str) -> Method {
+        match text {
+            "POST" => Method::Post,
+            "PATCH" => Method::Patch,
+            "DELETE" => Method::Delete,
+            _ => Method::Put,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HistoryEntry {
+    pub seq: i64,
+    pub method: Method,
+    pub resource: StoredResource,
+}
+
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    pub entries: Vec<HistoryEntry>,
+    /// `seq` to continue from (exclusive) when there are more entries.
+    pub next_before_seq: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub enum HistoryScope {
+    System,
+    Type(String),
+    Instance(String, String),
+}
+
+const CURRENT_COLUMNS: &str = "resource_type, id, version_id, last_updated, deleted, content";
+
+pub async fn read_current(
+    conn: &impl ConnectionTrait,
+    resource_type: &str,
+    id: &str,
+) -> FhirResult<Option<StoredResource>> {
+    let backend = conn.get_database_backend();
+    let row = conn
+        .query_one_raw(statement(
+            backend,
+            &format!("SELECT {CURRENT_COLUMNS} FROM resources WHERE resource_type = ? AND id = ?"),
+            vec![resource_type.into(), id.into()],
+        ))
+        .await?;
+    row.map(|row| stored_from_row(backend, &row)).transpose()
+}
+
+pub async fn read_version(
+    conn: &impl ConnectionTrait,
+    resource_type: &str,
+    id: &str,
+    version_id: i64,
+) -> FhirResult<Option<StoredResource>> {
+    let backend = conn.get_database_backend();
+    let row = conn
+        .query_one_raw(statement(
+            backend,
+            &format!(
+                "SELECT {CURRENT_COLUMNS} FROM resource_versions \
+                 WHERE resource_type = ? AND id = ? AND version_id = ?"
+            ),
+            vec![resource_type.into(), id.into(), version_id.into()],
+        ))
+        .await?;
+    row.map(|row| stored_from_row(backend, &row)).transpose()
+}
+
+/// Version number and deletion flag of the current version, locking the row on
+/// PostgreSQL so concurrent writers to one resource take turns.
+pub async fn current_version(
+    conn: &impl ConnectionTrait,
+    resource_type: &str,
+    id: &str,
+) -> FhirResult<Option<(i64, bool)>> {
+    let backend = conn.get_database_backend();
+    let lock = if backend == DbBackend::Postgres {
+        " FOR UPDATE"
+    } else {
+        ""
+    };
+    let row = conn
+        .query_one_raw(statement(
+            backend,
+            &format!(
+                "SELECT version_id, deleted FROM resources WHERE resource_type = ? AND id = ?{lock}"
+            ),
+            vec![resource_type.into(), id.into()],
+        ))
+        .await?;
+    match row {
+        Some(row) => Ok(Some((
+            row.try_get::<i64>("", "version_id")?,
+            row.try_get::<bool>("", "deleted")?,
+        ))),
+        None => Ok(None),
+    }
+}
+
+/// Writes a new version of a resource: `previous` is the current version number
+/// (`None` when the resource never existed). `content` must already carry `id`; this
+/// sets `meta.versionId` and `meta.lastUpdated`.
+pub async fn write_version(
+    conn: &impl ConnectionTrait,
+    resource_type: &str,
+    id: &str,
+    previous: Option<i64>,
+    method: Method,
+    mut content: Option<Json>,
+    last_updated: i64,
+) -> FhirResult<StoredResource> {
+    let backend = conn.get_database_backend();
+    let version_id = previous.unwrap_or(0) + 1;
+    if let Some(resource) = content.as_mut() {
+        set_meta(resource, version_id, last_updated)?;
+    }
+    let deleted = content.is_none();
+    let body = match &content {
+        Some(resource) => json_value(backend, resource),
+        None => null_json(backend),
+    };
+    let current_sql = if previous.is_some() {
+        "UPDATE resources SET version_id = ?, last_updated = ?, deleted = ?, content = ? \
+         WHERE resource_type = ? AND id = ?"
+    } else {
+        "INSERT INTO resources (version_id, last_updated, deleted, content, resource_type, id) \
+         VALUES (?, ?, ?, ?, ?, ?)"
+    };
+    conn.execute_raw(statement(
+        backend,
+        current_sql,
+        vec![
+            version_id.into(),
+            last_updated.into(),
+            deleted.into(),
+            body.clone(),
+            resource_type.into(),
+            id.into(),
+        ],
+    ))
+    .await?;
+    conn.execute_raw(statement(
+        backend,
+        "INSERT INTO resource_versions \
+         (resource_type, id, version_id, last_updated, method, deleted, content) \
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+        vec![
+            resource_type.into(),
+            id.into(),
+            version_id.into(),
+            last_updated.into(),
+            method.as_str().into(),
+            deleted.into(),
+            body,
+        ],
+    ))
+    .await?;
+    Ok(StoredResource {
+        resource_type: resource_type.to_string(),
+        id: id.to_string(),
+        version_id,
+        last_updated,
+        deleted,
+        content,
+    })
+}
+
+pub async fn history(
+    conn: &impl ConnectionTrait,
+    scope: &HistoryScope,
+    since: Option<i64>,
+    count: u64,
+    before_seq: Option<i64>,
+) -> FhirResult<HistoryPage> {
+    let backend = conn.get_database_backend();
+    let mut conditions: Vec<&str> = Vec::new();
+    let mut values: Vec<Value> = Vec::new();
+    match scope {
+        HistoryScope::System => {}
+        HistoryScope::Type(resource_type) => {
+            conditions.push("resource_type = ?");
+            values.push(resource_type.as_str().into());
+        }
+        HistoryScope::Instance(resource_type, id) => {
+            conditions.push("resource_type = ?");
+            conditions.push("id = ?");
+            values.push(resource_type.as_str().into());
+            values.push(id.as_str().into());
+        }
+    }
+    if let Some(since) = since {
+        conditions.push("last_updated >= ?");
+        values.push(since.into());
+    }
+    if let Some(before) = before_seq {
+        conditions.push("seq < ?");
+        values.push(before.into());
+    }
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
+    };
+    values.push(((count + 1) as i64).into());
+    let rows = conn
+        .query_all_raw(statement(
+            backend,
+            &format!(
+                "SELECT seq, method, {CURRENT_COLUMNS} FROM resource_versions {filter} \
+                 ORDER BY seq DESC LIMIT ?"
+            ),
+            values,
+        ))
+        .await?;
+    let mut entries = Vec::with_capacity(rows.len());
+    for row in rows.iter().take(count as usize) {
+        entries.push(HistoryEntry {
+            seq: row.try_get::<i64>("", "seq")?,
+            method: Method::parse(&row.try_get::<String>("", "method")?),
+            resource: stored_from_row(backend, row)?,
+        });
+    }
+    let next_before_seq = if rows.len() as u64 > count {
+        entries.last().map(|e| e.seq)
+    } else {
+        None
+    };
+    Ok(HistoryPage {
+        entries,
+        next_before_seq,
+    })
+}
+
+fn stored_from_row(backend: DbBackend, row: &QueryResult) -> FhirResult<StoredResource> {
+    let deleted: bool = row.try_get("", "deleted")?;
+    let content = if deleted {
+        None
+    } else if backend == DbBackend::Postgres {
+        row.try_get::<Option<Json>>("", "content")?
+    } else {
+        match row.try_get::<Option<String>>("", "content")? {
+            Some(text) => Some(serde_json::from_str(&text).map_err(FhirError::internal)?),
+            None => None,
+        }
+    };
+    Ok(StoredResource {
+        resource_type: row.try_get("", "resource_type")?,
+        id: row.try_get("", "id")?,
+        version_id: row.try_get("", "version_id")?,
+        last_updated: row.try_get("", "last_updated")?,
+        deleted,
+        content,
+    })
+}
+
+fn null_json(backend: DbBackend) -> Value {
+    if backend == DbBackend::Postgres {
+        Value::Json(None)
+    } else {
+        Value::String(None)
+    }
+}
+
+/// Sets the server-managed `meta.versionId` and `meta.lastUpdated`, keeping the other
+/// meta elements (profile, tag, security, source) the client sent.
+fn set_meta(resource: &mut Json, version_id: i64, last_updated: i64) -> FhirResult<()> {
+    let object = resource
+        .as_object_mut()
+        .ok_or_else(|| FhirError::internal("resource to store is not a JSON object"))?;
+    let meta = object
+        .entry("meta")
+        .or_insert_with(|| Json::Object(Default::default()));
+    if !meta.is_object() {
+        *meta = Json::Object(Default::default());
+    }
+    if let Some(meta) = meta.as_object_mut() {
+        meta.insert("versionId".into(), Json::String(version_id.to_string()));
+        meta.insert("lastUpdated".into(), Json::String(instant(last_updated)));
+    }
+    Ok(())
+}

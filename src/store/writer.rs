@@ -1,0 +1,127 @@
+//! Group commit: every write runs as a job on one writer task, which packs the jobs that
+//! arrive while the previous commit is being flushed into a single database transaction.
+//!
+//! With durable commits each commit costs an fsync; a device fleet sends many small
+//! writes at once, so sharing one commit between them is what keeps throughput high
+//! without weakening durability. Each job runs inside its own savepoint, so a job that
+//! fails (a validation conflict, a failed transaction Bundle) is rolled back alone and the
+//! others still commit. A job's caller is answered only after the shared commit succeeded.
+
+use std::panic::AssertUnwindSafe;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{FhirError, FhirResult};
+
+/// Most jobs packed into one commit; bounds the latency one commit adds to its jobs.
+const MAX_JOBS_PER_COMMIT: usize = 256;
+
+type Finish = Box<dyn FnOnce(FhirResult<()>) + Send>;
+type Job = Box<dyn for<'a> FnOnce(&'a DatabaseTransaction) -> BoxFuture<'a, (bool, Finish)> + Send>;
+
+#[derive(Clone)]
+pub struct Writer {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    pub fn start(db: DatabaseConnection) -> Writer {
+        let (jobs, queue) = mpsc::channel(4096);
+        tokio::spawn(run(db, queue));
+        Writer { jobs }
+    }
+
+    /// Runs `work` inside a database transaction shared with other concurrent writes and
+    /// returns its result once that transaction is committed. When `work` returns an
+    /// error, everything it wrote is rolled back.
+    pub async fn write<T, F>(&self, work: F) -> FhirResult<T>
+    where
+        T: Send + 'static,
+        F: for<'a> FnOnce(&'a DatabaseTransaction) -> BoxFuture<'a, FhirResult<T>> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel::<FhirResult<T>>();
+        let job: Job = Box::new(move |txn| {
+            Box::pin(async move {
+                let result = AssertUnwindSafe(work(txn))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| Err(FhirError::internal("a write job panicked")));
+                let ok = result.is_ok();
+                let finish: Finish = Box::new(move |committed: FhirResult<()>| {
+                    let _ = reply.send(committed.and(result));
+                });
+                (ok, finish)
+            })
+        });
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| FhirError::internal("the writer has stopped"))?;
+        answer
+            .await
+            .map_err(|_| FhirError::internal("the writer dropped a job"))?
+    }
+}
+
+async fn run(db: DatabaseConnection, mut queue: mpsc::Receiver<Job>) {
+    let mut batch = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
+    while let Some(first) = queue.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_JOBS_PER_COMMIT {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        commit_batch(&db, &mut batch).await;
+    }
+}
+
+async fn commit_batch(db: &DatabaseConnection, batch: &mut Vec<Job>) {
+    let txn = match db.begin().await {
+        Ok(txn) => txn,
+        Err(err) => {
+            // Dropping the jobs answers each caller with an internal error.
+            tracing::error!("cannot begin a write transaction: {err}");
+            batch.clear();
+            return;
+        }
+    };
+    let mut finishes: Vec<(FhirResult<()>, Finish)> = Vec::with_capacity(batch.len());
+    if batch.len() == 1 {
+        // Alone in its commit: no savepoint needed, a failure rolls back the transaction.
+        let job = batch.pop().expect("one job");
+        let (ok, finish) = job(&txn).await;
+        if !ok {
+            let _ = txn.rollback().await;
+            finish(Ok(()));
+            return;
+        }
+        finishes.push((Ok(()), finish));
+    } else {
+        for job in batch.drain(..) {
+            let savepoint = match txn.begin().await {
+                Ok(savepoint) => savepoint,
+                Err(err) => {
+                    tracing::error!("cannot open a savepoint: {err}");
+                    drop(job);
+                    continue;
+                }
+            };
+            let (ok, finish) = job(&savepoint).await;
+            let status = if ok {
+                savepoint.commit().await.map_err(FhirError::from)
+            } else {
+                savepoint.rollback().await.map_err(FhirError::from)
+            };
+            finishes.push((status, finish));
+        }
+    }
+    let committed = txn.commit().await.map_err(FhirError::from);
+    for (status, finish) in finishes {
+        finish(committed.clone().and(status));
+    }
+}
