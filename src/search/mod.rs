@@ -1,0 +1,3 @@
+//! Search: the R4 search parameter registry and index-value extraction.
+pub mod extract;
+pub mod params;
