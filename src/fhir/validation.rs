@@ -443,6 +443,14 @@ impl<'d> Validator<'d> {
 
     /// A non-repeating element (max = 1): no arrays.
     fn single(&mut self, child: Node<'d>, value: Option<&Value>, shadow: Option<&Value>) {
+        if child.element.max == Some(0) {
+            // Only profiles prohibit elements, but the model supports them.
+            self.report(
+                IssueCode::Structure,
+                format!("{} is not allowed (max = 0)", child.element.path),
+            );
+            return;
+        }
         if let Some(v @ Value::Array(_)) = value {
             self.report(
                 IssueCode::Structure,
