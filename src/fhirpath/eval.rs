@@ -597,10 +597,13 @@ fn call<'a>(func: Func, args: &'a [Ast], input: Coll<'a>, env: &Env<'a>) -> Coll
         }
     };
     let bool_out = |b: bool| vec![Node::boolean(b)];
+    // The parser guarantees argument counts; a hand-built tree without them gets `{}`.
+    static EMPTY: Ast = Ast::Empty;
+    let first = args.first().unwrap_or(&EMPTY);
     match func {
         Func::Where => {
             let mut out = Vec::new();
-            per_item(&args[0], env, &input, |_, n, r| {
+            per_item(first, env, &input, |_, n, r| {
                 if to_bool(&r) == Some(true) {
                     out.push(n.clone());
                 }
@@ -609,12 +612,12 @@ fn call<'a>(func: Func, args: &'a [Ast], input: Coll<'a>, env: &Env<'a>) -> Coll
         }
         Func::Select => {
             let mut out = Vec::new();
-            per_item(&args[0], env, &input, |_, _, r| out.extend(r));
+            per_item(first, env, &input, |_, _, r| out.extend(r));
             out
         }
         Func::All => {
             let mut all = true;
-            per_item(&args[0], env, &input, |_, _, r| {
+            per_item(first, env, &input, |_, _, r| {
                 all &= to_bool(&r) == Some(true);
             });
             bool_out(all)
@@ -623,7 +626,7 @@ fn call<'a>(func: Func, args: &'a [Ast], input: Coll<'a>, env: &Env<'a>) -> Coll
             None => bool_out(!input.is_empty()),
             Some(_) => {
                 let mut any = false;
-                per_item(&args[0], env, &input, |_, _, r| {
+                per_item(first, env, &input, |_, _, r| {
                     any |= to_bool(&r) == Some(true);
                 });
                 bool_out(any)

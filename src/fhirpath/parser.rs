@@ -310,7 +310,13 @@ struct Parser<'s> {
     toks: Vec<Tok>,
     pos: usize,
     src: &'s str,
+    /// Current nesting of sub-expressions; bounded so hostile input (`((((...`) cannot
+    /// overflow the stack here or in the (equally recursive) evaluator.
+    depth: usize,
 }
+
+/// Deepest sub-expression nesting accepted.
+const MAX_DEPTH: usize = 64;
 
 /// Binding power of infix operators (higher binds tighter), per the FHIRPath precedence table.
 fn infix(tok: &Tok) -> Option<(u8, Infix)> {
@@ -389,6 +395,16 @@ impl Parser<'_> {
     }
 
     fn expr(&mut self, min_bp: u8) -> Result<Ast, Error> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(self.err("expression nested too deeply"));
+        }
+        let result = self.expr_inner(min_bp);
+        self.depth -= 1;
+        result
+    }
+
+    fn expr_inner(&mut self, min_bp: u8) -> Result<Ast, Error> {
         let mut lhs = self.prefix()?;
         while let Some((bp, kind)) = self.peek().and_then(infix) {
             if bp <= min_bp {
@@ -535,13 +551,55 @@ fn type_name(ast: &Ast) -> Option<String> {
     }
 }
 
+/// Most tokens an expression may have (the longest official one has about 400).
+const MAX_TOKENS: usize = 8192;
+/// Deepest tree accepted: evaluation recurses once per level.
+const MAX_TREE_DEPTH: usize = 256;
+
+/// Depth of a tree, computed without recursion.
+fn tree_depth(ast: &Ast) -> usize {
+    let mut max = 0;
+    let mut stack = vec![(ast, 1usize)];
+    while let Some((node, d)) = stack.pop() {
+        max = max.max(d);
+        match node {
+            Ast::Member(t, _) | Ast::Is(t, _) | Ast::As(t, _) | Ast::Neg(t) => {
+                stack.push((t, d + 1))
+            }
+            Ast::Indexer(a, b) | Ast::Binary(_, a, b) => {
+                stack.push((a, d + 1));
+                stack.push((b, d + 1));
+            }
+            Ast::Call(t, _, args) => {
+                stack.extend(t.iter().map(|t| (&**t, d + 1)));
+                stack.extend(args.iter().map(|a| (a, d + 1)));
+            }
+            _ => {}
+        }
+    }
+    max
+}
+
 /// Parses a FHIRPath expression into an [`Ast`].
 pub fn parse(src: &str) -> Result<Ast, Error> {
     let toks = lex(src)?;
-    let mut p = Parser { toks, pos: 0, src };
+    if toks.len() > MAX_TOKENS {
+        return Err(Error::Parse(format!(
+            "expression longer than {MAX_TOKENS} tokens"
+        )));
+    }
+    let mut p = Parser {
+        toks,
+        pos: 0,
+        src,
+        depth: 0,
+    };
     let ast = p.expr(0)?;
     if p.pos != p.toks.len() {
         return Err(p.err("unexpected trailing input"));
+    }
+    if tree_depth(&ast) > MAX_TREE_DEPTH {
+        return Err(Error::Parse("expression nested too deeply".into()));
     }
     Ok(ast)
 }
@@ -600,5 +658,9 @@ mod tests {
         assert!(parse("'open").is_err());
         assert!(parse("").is_err());
         assert!(parse("a.as(1)").is_err());
+        assert!(parse(&"(".repeat(10_000)).is_err());
+        assert!(parse("a.".repeat(4000).trim_end_matches('.')).is_err());
+        assert!(parse(&vec!["1"; 3000].join("+")).is_err());
+        assert!(parse(&format!("{}1{}", "(".repeat(50), ")".repeat(50))).is_ok());
     }
 }

@@ -235,3 +235,14 @@ fn untrusted_input_never_panics() {
     let _ = compile("x").unwrap().evaluate(&json!([1, 2]));
     let _ = compile("x.y").unwrap().evaluate(&json!({"x": {"y": 1}}));
 }
+
+#[test]
+fn deepest_accepted_expressions_evaluate() {
+    let r = json!({"resourceType": "Basic"});
+    let sum = vec!["1"; 250].join(" + ");
+    assert_eq!(eval_values(&sum, &r), [json!(250)]);
+    let path = vec!["a"; 250].join(".");
+    assert!(eval_values(&path, &r).is_empty());
+    let nested = format!("{}1{}", "(".repeat(60), ")".repeat(60));
+    assert_eq!(eval_values(&nested, &r), [json!(1)]);
+}

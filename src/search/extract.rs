@@ -142,6 +142,20 @@ fn extract_into<'a>(def: &'a SearchParamDef, env: &Env<'a>, out: &mut Vec<IndexE
     let Some(expr) = &def.expression else {
         return;
     };
+    // Skip the evaluation when none of the elements the expression starts from is present
+    // (most parameters of a resource type are absent from any one resource).
+    if let (Some(tops), Some(Value::Object(obj))) = (&def.top_level, env.resource.json()) {
+        let present = |name: &str| {
+            obj.keys().any(|k| {
+                k.strip_prefix(name).is_some_and(|rest| {
+                    rest.is_empty() || rest.starts_with(|c: char| c.is_ascii_uppercase())
+                })
+            })
+        };
+        if !tops.iter().any(|t| present(t)) {
+            return;
+        }
+    }
     let nodes = expr.evaluate_on(env, std::slice::from_ref(&env.resource));
     for node in &nodes {
         if def.param_type == ParamType::Composite {
@@ -175,16 +189,27 @@ fn composite<'a>(
         if values.is_empty() {
             return;
         }
-        let mut next = Vec::new();
-        'outer: for c in &combos {
-            for v in &values {
+        let mut next = Vec::with_capacity(combos.len() * values.len());
+        'outer: for c in combos {
+            // The last value takes the combination itself; only extra values copy it.
+            let (last, rest) = match values.split_last() {
+                Some(x) => x,
+                None => break,
+            };
+            for v in rest {
                 if next.len() >= MAX_COMPOSITE_COMBINATIONS {
                     break 'outer;
                 }
-                let mut c = c.clone();
-                c.push(v.clone());
-                next.push(c);
+                let mut copy = c.clone();
+                copy.push(v.clone());
+                next.push(copy);
             }
+            if next.len() >= MAX_COMPOSITE_COMBINATIONS {
+                break;
+            }
+            let mut c = c;
+            c.push(last.clone());
+            next.push(c);
         }
         combos = next;
     }
@@ -627,7 +652,7 @@ fn number(v: &Value) -> Option<(f64, f64, f64)> {
         None => (text.as_str(), 0),
     };
     let decimals = mantissa.split_once('.').map_or(0, |(_, f)| f.len() as i32);
-    let half = 0.5 * 10f64.powi(exp - decimals);
+    let half = 0.5 * 10f64.powi(exp.saturating_sub(decimals));
     Some((value, value - half, value + half))
 }
 

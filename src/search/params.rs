@@ -116,6 +116,10 @@ pub struct SearchParamDef {
     /// Declared comparators (`eq`, `ne`, `gt`...); empty when none are declared.
     pub comparators: Vec<String>,
     pub components: Vec<Component>,
+    /// Top-level element names the expression starts from (`subject` for
+    /// `Observation.subject.where(...)`); when none is present in a resource the expression
+    /// yields nothing and extraction skips it. `None` when that cannot be known statically.
+    pub(crate) top_level: Option<Vec<String>>,
 }
 
 /// Errors building a registry.
@@ -282,7 +286,7 @@ impl SearchParams {
                             })?
                             .ast()
                             .clone();
-                        Ok((p, root_type(&ast)))
+                        Ok((p, root_type(&ast), first_member(&ast)))
                     })
                     .collect::<Result<Vec<_>, ParamsError>>()?,
                 None => Vec::new(),
@@ -329,14 +333,16 @@ impl SearchParams {
             types.sort();
             types.dedup();
             for rt in types {
-                let kept: Vec<&str> = parts
+                let kept: Vec<&(&str, Option<String>, Option<String>)> = parts
                     .iter()
-                    .filter(|(_, root)| match root {
+                    .filter(|(_, root, _)| match root {
                         Some(root) => fhirpath::type_derives_from(&rt, root),
                         None => true,
                     })
-                    .map(|(p, _)| *p)
                     .collect();
+                let top_level: Option<Vec<String>> =
+                    kept.iter().map(|(_, _, first)| first.clone()).collect();
+                let kept: Vec<&str> = kept.iter().map(|(p, _, _)| *p).collect();
                 let expression = if kept.is_empty() {
                     None
                 } else {
@@ -358,6 +364,7 @@ impl SearchParams {
                     modifiers: modifiers.clone(),
                     comparators: raw.comparator.clone(),
                     components: components.clone(),
+                    top_level,
                 };
                 let tp = self.by_type.entry(rt).or_default();
                 match tp.by_code.get(&*def.code) {
@@ -442,6 +449,44 @@ fn root_type(ast: &Ast) -> Option<String> {
         Ast::Member(t, _) | Ast::Indexer(t, _) | Ast::Is(t, _) | Ast::As(t, _) => root_type(t),
         Ast::Call(Some(t), _, _) => root_type(t),
         Ast::Binary(_, l, _) => root_type(l),
+        _ => None,
+    }
+}
+
+/// The first element name after the type root (`subject` in
+/// `Observation.subject.where(resolve() is Patient)`), if the path is built only from steps
+/// that yield nothing on empty input: then an absent element means no result.
+fn first_member(ast: &Ast) -> Option<String> {
+    use fhirpath::Func;
+    match ast {
+        Ast::Member(t, name) => match &**t {
+            Ast::Ident(root) if root.starts_with(|c: char| c.is_ascii_uppercase()) => {
+                Some(name.clone())
+            }
+            other => first_member(other),
+        },
+        Ast::As(t, _) | Ast::Is(t, _) | Ast::Indexer(t, _) => first_member(t),
+        Ast::Call(
+            Some(t),
+            Func::Where
+            | Func::Select
+            | Func::First
+            | Func::Last
+            | Func::Tail
+            | Func::Skip
+            | Func::Take
+            | Func::Single
+            | Func::Distinct
+            | Func::OfType
+            | Func::As
+            | Func::Is
+            | Func::Resolve
+            | Func::Extension
+            | Func::Children
+            | Func::Descendants
+            | Func::Trace,
+            _,
+        ) => first_member(t),
         _ => None,
     }
 }
@@ -547,6 +592,29 @@ mod tests {
             "type": "string", "expression": "Device.("});
         assert!(SearchParams::from_resources(&[bad]).is_err());
         assert!(SearchParams::from_resources(&[json!({"resourceType": "Patient"})]).is_err());
+    }
+
+    #[test]
+    fn top_level_elements() {
+        let reg = SearchParams::get();
+        let top = |rt: &str, code: &str| reg.param(rt, code).unwrap().top_level.clone();
+        assert_eq!(
+            top("Observation", "patient"),
+            Some(vec!["subject".to_string()])
+        );
+        assert_eq!(
+            top("Observation", "combo-value-quantity"),
+            Some(vec![
+                "value".into(),
+                "value".into(),
+                "component".into(),
+                "component".into()
+            ])
+        );
+        assert_eq!(top("Patient", "_tag"), Some(vec!["meta".to_string()]));
+        // `exists()`/`and` yield `false` on absent data: never skipped.
+        assert_eq!(top("Patient", "deceased"), None);
+        assert_eq!(top("Observation", "combo-code-value-quantity"), None);
     }
 
     #[test]
