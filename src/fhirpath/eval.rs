@@ -639,6 +639,96 @@ fn call<'a>(func: Func, args: &'a [Ast], input: Coll<'a>, env: &Env<'a>) -> Coll
         },
         Func::AllTrue => bool_out(input.iter().all(|n| n.value.as_bool() == Some(true))),
         Func::AnyTrue => bool_out(input.iter().any(|n| n.value.as_bool() == Some(true))),
+        Func::Union => {
+            let other = arg(0);
+            union(input, other)
+        }
+        Func::Combine => {
+            let mut out = input.clone();
+            out.extend(arg(0));
+            out
+        }
+        Func::Intersect => {
+            let other = arg(0);
+            let kept = input
+                .into_iter()
+                .filter(|n| other.iter().any(|m| node_eq(n, m)))
+                .collect();
+            union(kept, Vec::new())
+        }
+        Func::Exclude => {
+            let other = arg(0);
+            input
+                .into_iter()
+                .filter(|n| !other.iter().any(|m| node_eq(n, m)))
+                .collect()
+        }
+        Func::SubsetOf | Func::SupersetOf => {
+            let other = arg(0);
+            let (small, big) = if func == Func::SubsetOf {
+                (&input, &other)
+            } else {
+                (&other, &input)
+            };
+            bool_out(small.iter().all(|n| big.iter().any(|m| node_eq(n, m))))
+        }
+        Func::IsDistinct => bool_out(union(input.clone(), Vec::new()).len() == input.len()),
+        Func::Substring => {
+            let (Some(s), Some(start)) = (single_str(&input), to_index(&arg(0))) else {
+                return Vec::new();
+            };
+            let chars = s.chars().skip(start);
+            let out: String = match args.get(1) {
+                Some(_) => match to_index(&arg(1)) {
+                    Some(len) => chars.take(len).collect(),
+                    None => return Vec::new(),
+                },
+                None => chars.collect(),
+            };
+            if start >= s.chars().count() {
+                return Vec::new();
+            }
+            vec![string_node(out)]
+        }
+        Func::IndexOf => match (single_str(&input), single_str(&arg(0))) {
+            (Some(s), Some(sub)) => {
+                let idx = s.find(sub).map_or(-1, |b| s[..b].chars().count() as i64);
+                vec![Node::computed(Value::from(idx), "integer")]
+            }
+            _ => Vec::new(),
+        },
+        Func::Replace => match (single_str(&input), single_str(&arg(0)), single_str(&arg(1))) {
+            (Some(s), Some(from), Some(to)) => vec![string_node(s.replace(from, to))],
+            _ => Vec::new(),
+        },
+        Func::ToInteger => match input.as_slice() {
+            [n] => match &*n.value {
+                Value::Number(x) if x.as_i64().is_some() => vec![n.clone()],
+                Value::String(t) => t
+                    .parse::<i64>()
+                    .ok()
+                    .map(|i| Node::computed(Value::from(i), "integer"))
+                    .into_iter()
+                    .collect(),
+                Value::Bool(b) => vec![Node::computed(Value::from(*b as i64), "integer")],
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        },
+        Func::ToDecimal => match input.as_slice() {
+            [n] => match &*n.value {
+                Value::Number(_) => vec![n.clone()],
+                Value::String(t) => serde_json::from_str::<serde_json::Number>(t.trim())
+                    .ok()
+                    .filter(|_| !t.trim().is_empty())
+                    .map(|x| Node::computed(Value::Number(x), "decimal"))
+                    .into_iter()
+                    .collect(),
+                Value::Bool(b) => vec![Node::computed(Value::from(*b as i64), "decimal")],
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        },
         Func::First => input.into_iter().take(1).collect(),
         Func::Last => input.into_iter().last().into_iter().collect(),
         Func::Tail => input.into_iter().skip(1).collect(),

@@ -246,3 +246,42 @@ fn deepest_accepted_expressions_evaluate() {
     let nested = format!("{}1{}", "(".repeat(60), ")".repeat(60));
     assert_eq!(eval_values(&nested, &r), [json!(1)]);
 }
+
+#[test]
+fn collection_and_string_functions() {
+    let r = json!({"resourceType": "Basic", "id": "abc-def"});
+    assert_eq!(eval_values("(1 | 2).union(2 | 3).count()", &r), [json!(3)]);
+    assert_eq!(
+        eval_values("(1 | 2).combine(2 | 3).count()", &r),
+        [json!(4)]
+    );
+    assert_eq!(
+        eval_values("(1 | 2 | 3).intersect(2 | 3 | 4)", &r),
+        [json!(2), json!(3)]
+    );
+    assert_eq!(
+        eval_values("(1 | 2 | 3).exclude(2)", &r),
+        [json!(1), json!(3)]
+    );
+    assert_eq!(
+        eval_values("(1 | 2).subsetOf(1 | 2 | 3)", &r),
+        [json!(true)]
+    );
+    assert_eq!(
+        eval_values("(1 | 2).supersetOf(1 | 2 | 3)", &r),
+        [json!(false)]
+    );
+    assert_eq!(eval_values("id.substring(4)", &r), [json!("def")]);
+    assert_eq!(eval_values("id.substring(0, 3)", &r), [json!("abc")]);
+    assert!(eval_values("id.substring(40)", &r).is_empty());
+    assert_eq!(eval_values("id.indexOf('-')", &r), [json!(3)]);
+    assert_eq!(eval_values("id.replace('-', '')", &r), [json!("abcdef")]);
+    assert_eq!(eval_values("'42'.toInteger() + 1", &r), [json!(43)]);
+    assert_eq!(eval_values("'4.5'.toDecimal() > 4", &r), [json!(true)]);
+    assert!(eval_values("'x'.toDecimal()", &r).is_empty());
+    assert_eq!(
+        eval_values("id.startsWith('abc') and id.matches('^[a-z-]+$')", &r),
+        [json!(true)]
+    );
+    assert_eq!(eval_values("id.upper().lower().length()", &r), [json!(7)]);
+}
