@@ -85,6 +85,12 @@ impl<'a> Node<'a> {
         self.type_name.unwrap_or("")
     }
 
+    /// The model element the node was reached through (its binding, cardinality...);
+    /// `None` for computed values and data outside the model.
+    pub fn element(&self) -> Option<&'static defs::ElementDef> {
+        self.def.map(|d| d.element)
+    }
+
     /// True when the node's type is `wanted` or derives from it (`Age` is a `Quantity`,
     /// `code` is a `string`, `Patient` is a `Resource`). FHIRPath System types match the
     /// FHIR primitives case-insensitively (`DateTime` ~ `dateTime`).

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::params::{ParamType, SearchParamDef, SearchParams};
+use crate::fhir::definitions::Definitions;
 use crate::fhirpath::{self, Env, Node};
 
 /// One index value of one search parameter.
@@ -22,7 +23,8 @@ use crate::fhirpath::{self, Env, Node};
 pub enum IndexEntry {
     /// Token: `system|code`. A CodeableConcept yields one entry per coding plus, when it has
     /// `text`, an entry with only `display` = text (for `:text`). Coding `display` is kept for
-    /// `:text` too. Identifiers carry their `type`'s first coding (for `:of-type`).
+    /// `:text` too. Identifiers carry their `type`'s first coding (for `:of-type`). A `code`
+    /// element with a required binding gets the implicit system of its value set.
     Token {
         param: Arc<str>,
         system: Option<String>,
@@ -253,7 +255,7 @@ fn convert(ty: ParamType, param: &Arc<str>, node: &Node, env: &Env, out: &mut Ve
     let value: &Value = &node.value;
     let type_name = node.type_str();
     match ty {
-        ParamType::Token => token(param, type_name, value, out),
+        ParamType::Token => token(param, node, type_name, value, out),
         ParamType::String => string(param, type_name, value, out),
         ParamType::Date => {
             if let Some((low, high)) = date_range(type_name, value) {
@@ -310,11 +312,28 @@ fn push_token(
     });
 }
 
-fn token(param: &Arc<str>, type_name: &str, value: &Value, out: &mut Vec<IndexEntry>) {
+/// The implicit system of a `code` value: the code system that defines it in the
+/// element's required value set (`female` → `http://hl7.org/fhir/administrative-gender`).
+fn implicit_system(node: &Node, code: &str) -> Option<String> {
+    let vs = node.element()?.required_value_set()?;
+    let set = Definitions::get().required_codes(vs)?;
+    set.iter()
+        .find(|(_, c)| *c == code)
+        .map(|(system, _)| system.to_owned())
+}
+
+fn token(param: &Arc<str>, node: &Node, type_name: &str, value: &Value, out: &mut Vec<IndexEntry>) {
     let obj = match value {
         Value::Object(o) => o,
         Value::Bool(b) => return push_token(out, param, None, Some(b.to_string()), None),
-        Value::String(v) => return push_token(out, param, None, Some(v.clone()), None),
+        Value::String(v) => {
+            let system = if type_name == "code" {
+                implicit_system(node, v)
+            } else {
+                None
+            };
+            return push_token(out, param, system, Some(v.clone()), None);
+        }
         Value::Number(n) => return push_token(out, param, None, Some(n.to_string()), None),
         _ => return,
     };

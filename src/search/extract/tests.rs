@@ -137,7 +137,12 @@ fn observation_blood_pressure() {
     );
     assert_eq!(
         entries(&obs, "status"),
-        [tok("status", None, Some("final"), None)]
+        [tok(
+            "status",
+            Some("http://hl7.org/fhir/observation-status"),
+            Some("final"),
+            None
+        )]
     );
     assert_eq!(entries(&obs, "_id"), [tok("_id", None, Some("bp-1"), None)]);
     assert_eq!(
@@ -461,7 +466,12 @@ fn patient_entries() {
     assert_eq!(entries(&pat, "telecom").len(), 2);
     assert_eq!(
         entries(&pat, "gender"),
-        [tok("gender", None, Some("female"), None)]
+        [tok(
+            "gender",
+            Some("http://hl7.org/fhir/administrative-gender"),
+            Some("female"),
+            None
+        )]
     );
     assert_eq!(
         entries(&pat, "active"),
@@ -556,7 +566,12 @@ fn device_entries() {
     );
     assert_eq!(
         entries(&dev, "status"),
-        [tok("status", None, Some("active"), None)]
+        [tok(
+            "status",
+            Some("http://hl7.org/fhir/device-status"),
+            Some("active"),
+            None
+        )]
     );
     assert_eq!(
         entries(&dev, "identifier"),
