@@ -7,6 +7,8 @@ pub mod api;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod fhirpath;
 pub mod fhir;
+pub mod search;
 pub mod server;
 pub mod store;

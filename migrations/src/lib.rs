@@ -6,13 +6,17 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261124_000001_resources;
+mod m20261124_000002_search_index;
 
 pub struct Migrator;
 
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261124_000001_resources::Migration)]
+        vec![
+            Box::new(m20261124_000001_resources::Migration),
+            Box::new(m20261124_000002_search_index::Migration),
+        ]
     }
 }
 

@@ -573,9 +573,10 @@ fn collect_conditional_references(value: &Json, out: &mut Vec<String>) {
         Json::Object(map) => {
             for (key, child) in map {
                 if key == "reference" {
+                    // `Type?criteria`: a resource type name directly before the `?`.
                     if let Some(text) = child.as_str() {
-                        if text.contains('?') && !text.contains("://") && !text.starts_with("urn:")
-                        {
+                        let prefix = text.split('?').next().unwrap_or_default();
+                        if text.contains('?') && Definitions::get().is_resource_type(prefix) {
                             out.push(text.to_string());
                         }
                     }

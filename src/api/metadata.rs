@@ -12,7 +12,7 @@ use super::extract::BaseUrl;
 use super::respond::fhir_json;
 use super::AppState;
 use crate::fhir::definitions::Definitions;
-use crate::store::matching::SUPPORTED_CRITERIA;
+use crate::search::params::{ParamType, SearchParams};
 
 pub const FHIR_VERSION: &str = "4.0.1";
 
@@ -26,6 +26,7 @@ const TYPE_INTERACTIONS: &[&str] = &[
     "history-instance",
     "history-type",
     "create",
+    "search-type",
 ];
 
 /// The server's CapabilityStatement.
@@ -45,10 +46,7 @@ pub fn capability_statement() -> Json {
         .resource_types()
         .iter()
         .map(|resource_type| {
-            let search_params: Vec<Json> = SUPPORTED_CRITERIA
-                .iter()
-                .map(|(name, kind, doc)| json!({"name": name, "type": kind, "documentation": doc}))
-                .collect();
+            let search_params = search_params(resource_type);
             json!({
                 "type": resource_type,
                 "profile": format!("http://hl7.org/fhir/StructureDefinition/{resource_type}"),
@@ -89,4 +87,26 @@ pub fn capability_statement() -> Json {
             ]
         }]
     })
+}
+
+/// The search parameters of a type that search and conditional interactions evaluate.
+fn search_params(resource_type: &str) -> Vec<Json> {
+    let mut params = vec![
+        json!({"name": "_id", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id"}),
+        json!({"name": "_lastUpdated", "type": "date", "definition": "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated"}),
+    ];
+    for param in SearchParams::get().params_for(resource_type) {
+        if matches!(param.param_type, ParamType::Composite | ParamType::Special)
+            || param.code.as_ref() == "_id"
+            || param.code.as_ref() == "_lastUpdated"
+        {
+            continue;
+        }
+        params.push(json!({
+            "name": param.code.as_ref(),
+            "definition": param.url,
+            "type": param.param_type.as_str(),
+        }));
+    }
+    params
 }

@@ -9,6 +9,7 @@ pub mod metadata;
 pub mod negotiate;
 pub mod openapi;
 pub mod respond;
+pub mod search;
 pub mod summary;
 pub mod validate;
 
@@ -41,10 +42,12 @@ pub fn fhir_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(bundle::batch_or_transaction))
         .routes(routes!(history::system_history))
         .routes(routes!(
+            search::search_get,
             crud::create,
             crud::conditional_update,
             crud::conditional_delete
         ))
+        .routes(routes!(search::search_post))
         .routes(routes!(history::type_history))
         .routes(routes!(validate::validate_type))
         .routes(routes!(crud::read, crud::update, crud::patch, crud::delete))

@@ -21,6 +21,7 @@ use super::AppState;
         (name = "System interactions", description = "CapabilityStatement, batch and transaction"),
         (name = "Instance interactions", description = "create, read, vread, update, patch, delete"),
         (name = "Type interactions", description = "conditional update and delete"),
+        (name = "Search", description = "search by any R4 search parameter of the type"),
         (name = "History", description = "version history, newest first"),
         (name = "Operations", description = "FHIR operations such as $validate"),
     )

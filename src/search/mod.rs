@@ -1,3 +1,5 @@
-//! Search: the R4 search parameter registry and index-value extraction.
+//! Search: the R4 search parameter registry, index-value extraction, and search criteria
+//! as SQL conditions.
+pub mod criteria;
 pub mod extract;
 pub mod params;

@@ -5,10 +5,7 @@ use sea_orm::ConnectionTrait;
 
 use super::sql::statement;
 use crate::error::{FhirError, FhirResult};
-
-/// Search parameters usable in conditional criteria: (name, type, documentation).
-pub const SUPPORTED_CRITERIA: &[(&str, &str, &str)] =
-    &[("_id", "token", "Logical id of the resource")];
+use crate::search::criteria::condition;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Match {
@@ -35,20 +32,14 @@ pub async fn find_matches(
     }
     let backend = conn.get_database_backend();
     let mut sql = String::from(
-        "SELECT id, version_id FROM resources WHERE resource_type = ? AND deleted = ?",
+        "SELECT r.id, r.version_id FROM resources r WHERE r.resource_type = ? AND r.deleted = ?",
     );
     let mut values: Vec<sea_orm::Value> = vec![resource_type.into(), false.into()];
     for (name, value) in &params {
-        match name.as_str() {
-            "_id" => {
-                sql.push_str(" AND id = ?");
-                values.push(value.as_str().into());
-            }
-            other => {
-                return Err(FhirError::bad_request(format!(
-                    "the search parameter {other:?} cannot be used in conditional criteria yet"
-                )))
-            }
+        if let Some(condition) = condition(resource_type, name, value)? {
+            sql.push_str(" AND ");
+            sql.push_str(&condition.sql);
+            values.extend(condition.values);
         }
     }
     let rows = conn.query_all_raw(statement(backend, &sql, values)).await?;

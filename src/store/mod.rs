@@ -4,6 +4,7 @@
 //! commit) and use the functions in [`versions`] on the transaction they are given, so a
 //! REST write, a transaction Bundle and an adapter all store resources the same way.
 
+pub mod index;
 pub mod matching;
 pub mod repository;
 pub mod sql;

@@ -204,6 +204,7 @@ pub async fn write_version(
         ],
     ))
     .await?;
+    super::index::reindex(conn, resource_type, id, content.as_ref(), previous.is_some()).await?;
     Ok(StoredResource {
         resource_type: resource_type.to_string(),
         id: id.to_string(),
@@ -280,7 +281,7 @@ pub async fn history(
     })
 }
 
-fn stored_from_row(backend: DbBackend, row: &QueryResult) -> FhirResult<StoredResource> {
+pub fn stored_from_row(backend: DbBackend, row: &QueryResult) -> FhirResult<StoredResource> {
     let deleted: bool = row.try_get("", "deleted")?;
     let content = if deleted {
         None

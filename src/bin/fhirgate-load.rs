@@ -1,0 +1,241 @@
+//! Load generator for any FHIR server: N concurrent clients run a scenario for a while
+//! and the tool reports throughput and latency percentiles.
+//!
+//! ```text
+//! fhirgate-load --base http://127.0.0.1:8080/fhir --clients 32 --seconds 20 --scenario create
+//! ```
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(name = "fhirgate-load", about = "FHIR load generator: throughput and p50/p95/p99")]
+struct Args {
+    /// FHIR base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080/fhir")]
+    base: String,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// How long to run, in seconds (after the warm-up).
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Warm-up seconds not counted in the results.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    #[arg(long, value_enum, default_value_t = Scenario::Create)]
+    scenario: Scenario,
+    /// Bearer token to send, if the server requires one.
+    #[arg(long, env = "FHIRGATE_LOAD_TOKEN")]
+    token: Option<String>,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// POST single vital-sign Observations.
+    Create,
+    /// GET Observations by id (created first).
+    Read,
+}
+
+struct Totals {
+    ok: AtomicU64,
+    errors: AtomicU64,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Arc::new(Args::parse());
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.clients)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("HTTP client");
+    let ids = if args.scenario == Scenario::Read {
+        seed_reads(&client, &args).await
+    } else {
+        Vec::new()
+    };
+    let ids = Arc::new(ids);
+    let totals = Arc::new(Totals {
+        ok: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+    });
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for worker in 0..args.clients {
+        let (client, args, totals, measuring, stop, ids) = (
+            client.clone(),
+            args.clone(),
+            totals.clone(),
+            measuring.clone(),
+            stop.clone(),
+            ids.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(16_384);
+            let mut n: u64 = 0;
+            let mut first_error = None;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let started = Instant::now();
+                let result = match args.scenario {
+                    Scenario::Create => create(&client, &args, worker, n).await,
+                    Scenario::Read => read(&client, &args, &ids, worker, n).await,
+                };
+                let elapsed = started.elapsed();
+                if !measuring.load(Ordering::Relaxed) {
+                    continue;
+                }
+                match result {
+                    Ok(()) => {
+                        totals.ok.fetch_add(1, Ordering::Relaxed);
+                        latencies.push(elapsed.as_micros() as u64);
+                    }
+                    Err(error) => {
+                        totals.errors.fetch_add(1, Ordering::Relaxed);
+                        first_error.get_or_insert(error);
+                    }
+                }
+            }
+            (latencies, first_error)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(args.warmup)).await;
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    let mut first_error = None;
+    for worker in workers {
+        if let Ok((mut l, e)) = worker.await {
+            latencies.append(&mut l);
+            if first_error.is_none() {
+                first_error = e;
+            }
+        }
+    }
+    latencies.sort_unstable();
+    let ok = totals.ok.load(Ordering::Relaxed);
+    let errors = totals.errors.load(Ordering::Relaxed);
+    let pct = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            return 0.0;
+        }
+        let rank = ((p / 100.0) * latencies.len() as f64).ceil() as usize;
+        latencies[rank.clamp(1, latencies.len()) - 1] as f64 / 1000.0
+    };
+    let throughput = ok as f64 / elapsed;
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "scenario": match args.scenario { Scenario::Create => "create", Scenario::Read => "read" },
+                "clients": args.clients, "seconds": elapsed, "ok": ok, "errors": errors,
+                "per_second": throughput, "p50_ms": pct(50.0), "p95_ms": pct(95.0), "p99_ms": pct(99.0),
+                "max_ms": pct(100.0)
+            })
+        );
+    } else {
+        println!(
+            "{ok} ok, {errors} errors in {elapsed:.1} s with {} clients: {throughput:.0}/s; \
+             latency p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            args.clients,
+            pct(50.0),
+            pct(95.0),
+            pct(99.0),
+            pct(100.0)
+        );
+    }
+    if let Some(error) = first_error {
+        eprintln!("first error: {error}");
+    }
+    if ok == 0 {
+        std::process::exit(1);
+    }
+}
+
+fn authorized(builder: reqwest::RequestBuilder, args: &Args) -> reqwest::RequestBuilder {
+    match &args.token {
+        Some(token) => builder.bearer_auth(token),
+        None => builder,
+    }
+}
+
+fn observation(worker: usize, n: u64) -> serde_json::Value {
+    json!({
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+        "code": {"coding": [
+            {"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"},
+            {"system": "urn:iso:std:iso:11073:10101", "code": "147842", "display": "MDC_ECG_HEART_RATE"}
+        ]},
+        "subject": {"reference": format!("Patient/load-{}", worker % 8)},
+        "device": {"reference": format!("Device/monitor-{worker}")},
+        "effectiveDateTime": "2024-03-01T10:00:00Z",
+        "valueQuantity": {"value": 60 + (n % 40), "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}
+    })
+}
+
+async fn create(client: &reqwest::Client, args: &Args, worker: usize, n: u64) -> Result<(), String> {
+    let response = authorized(client.post(format!("{}/Observation", args.base)), args)
+        .header("content-type", "application/fhir+json")
+        .header("prefer", "return=minimal")
+        .body(observation(worker, n).to_string())
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if response.status().as_u16() == 201 {
+        Ok(())
+    } else {
+        Err(format!("{} {}", response.status(), response.text().await.unwrap_or_default()))
+    }
+}
+
+async fn seed_reads(client: &reqwest::Client, args: &Args) -> Vec<String> {
+    let mut ids = Vec::new();
+    for n in 0..200 {
+        let response = authorized(client.post(format!("{}/Observation", args.base)), args)
+            .header("content-type", "application/fhir+json")
+            .body(observation(0, n).to_string())
+            .send()
+            .await
+            .expect("seed create");
+        let body: serde_json::Value = response.json().await.expect("seed body");
+        ids.push(body["id"].as_str().unwrap_or_default().to_string());
+    }
+    ids
+}
+
+async fn read(
+    client: &reqwest::Client,
+    args: &Args,
+    ids: &[String],
+    worker: usize,
+    n: u64,
+) -> Result<(), String> {
+    let id = &ids[(worker + n as usize) % ids.len()];
+    let response = authorized(client.get(format!("{}/Observation/{id}", args.base)), args)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let _ = response.bytes().await;
+    if status.as_u16() == 200 {
+        Ok(())
+    } else {
+        Err(status.to_string())
+    }
+}

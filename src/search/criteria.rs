@@ -1,0 +1,597 @@
+//! Search criteria to SQL: each `name[:modifier]=value[,value…]` becomes one condition on
+//! the `resources` row aliased `r`, usually an `EXISTS` over an index table. Values
+//! separated by commas are alternatives (OR); repeated parameters must all hold (AND).
+//!
+//! Used by conditional interactions now and by the search API; the implicit ranges follow
+//! the R4 search specification (a date or decimal matches the range its precision
+//! implies).
+
+use sea_orm::Value;
+
+use super::extract::{normalize, parse_date_range};
+use super::params::{ParamType, SearchParams};
+use crate::error::{FhirError, FhirResult};
+
+/// A SQL condition with its bind values, in `?` placeholder order.
+#[derive(Debug, Clone, Default)]
+pub struct Condition {
+    pub sql: String,
+    pub values: Vec<Value>,
+}
+
+/// Parameters that shape results rather than select resources.
+pub const RESULT_PARAMETERS: &[&str] = &[
+    "_count",
+    "_sort",
+    "_format",
+    "_pretty",
+    "_summary",
+    "_elements",
+    "_include",
+    "_revinclude",
+    "_total",
+    "_contained",
+    "_containedType",
+    "_cursor",
+];
+
+/// True when `name` (with or without a modifier) is a search or result parameter of
+/// `resource_type`; unknown parameters are ignored or refused depending on `Prefer:
+/// handling`.
+pub fn is_known(resource_type: &str, name: &str) -> bool {
+    let code = name.split(':').next().unwrap_or(name);
+    RESULT_PARAMETERS.contains(&code)
+        || code == "_id"
+        || code == "_lastUpdated"
+        || SearchParams::get().param(resource_type, code).is_some()
+}
+
+/// The condition for one query parameter, or `None` for a result parameter.
+pub fn condition(resource_type: &str, name: &str, value: &str) -> FhirResult<Option<Condition>> {
+    let (code, modifier) = match name.split_once(':') {
+        Some((code, modifier)) => (code, Some(modifier)),
+        None => (name, None),
+    };
+    if RESULT_PARAMETERS.contains(&code) {
+        return Ok(None);
+    }
+    if value.is_empty() {
+        return Err(FhirError::bad_request(format!(
+            "the search parameter {name} has no value"
+        )));
+    }
+    if code == "_id" {
+        return Ok(Some(id_condition(modifier, value)?));
+    }
+    if code == "_lastUpdated" {
+        return Ok(Some(last_updated_condition(modifier, value)?));
+    }
+    let definition = SearchParams::get()
+        .param(resource_type, code)
+        .ok_or_else(|| {
+            FhirError::bad_request(format!(
+                "{code:?} is not a search parameter of {resource_type}"
+            ))
+        })?;
+    let param_type = definition.param_type;
+    if modifier == Some("missing") {
+        return Ok(Some(missing_condition(param_type, code, value)?));
+    }
+    let alternatives = split_values(value);
+    let (table, alias) = table_of(param_type).ok_or_else(|| {
+        FhirError::bad_request(format!(
+            "searching by the {} parameter {code} is not supported yet",
+            param_type.as_str()
+        ))
+    })?;
+    let mut indexed_param = code.to_string();
+    let mut parts = Vec::new();
+    let mut values: Vec<Value> = Vec::new();
+    let mut negate = false;
+    match (param_type, modifier) {
+        (ParamType::Token, None | Some("not")) => {
+            negate = modifier == Some("not");
+            for alternative in &alternatives {
+                token_match(alias, alternative, &mut parts, &mut values);
+            }
+        }
+        (ParamType::Token, Some("text")) => {
+            for alternative in &alternatives {
+                parts.push(format!(
+                    "{alias}.display IS NOT NULL AND LOWER({alias}.display) LIKE ? ESCAPE '\\'"
+                ));
+                values.push(format!("{}%", escape_like(&alternative.to_lowercase())).into());
+            }
+        }
+        (ParamType::String, None | Some("exact") | Some("contains")) => {
+            for alternative in &alternatives {
+                match modifier {
+                    Some("exact") => {
+                        parts.push(format!("{alias}.exact = ?"));
+                        values.push(alternative.as_str().into());
+                    }
+                    Some("contains") => {
+                        parts.push(format!("{alias}.normalized LIKE ? ESCAPE '\\'"));
+                        values.push(format!("%{}%", escape_like(&normalize(alternative))).into());
+                    }
+                    _ => {
+                        parts.push(format!("{alias}.normalized LIKE ? ESCAPE '\\'"));
+                        values.push(format!("{}%", escape_like(&normalize(alternative))).into());
+                    }
+                }
+            }
+        }
+        (ParamType::Reference, Some("identifier")) => {
+            indexed_param = format!("{code}:identifier");
+            return Ok(Some(exists(
+                "search_token",
+                "t",
+                resource_type,
+                &indexed_param,
+                alternatives
+                    .iter()
+                    .fold((Vec::new(), Vec::new()), |(mut p, mut v), a| {
+                        token_match("t", a, &mut p, &mut v);
+                        (p, v)
+                    }),
+                false,
+            )));
+        }
+        (ParamType::Reference, target_type) => {
+            if let Some(t) = target_type {
+                if !crate::fhir::definitions::Definitions::get().is_resource_type(t) {
+                    return Err(FhirError::bad_request(format!(
+                        "unsupported modifier :{t} on {code}; use a resource type such as :Patient or :identifier"
+                    )));
+                }
+            }
+            for alternative in &alternatives {
+                reference_match(alias, alternative, target_type, &mut parts, &mut values);
+            }
+        }
+        (ParamType::Uri, None | Some("below")) => {
+            for alternative in &alternatives {
+                if modifier == Some("below") {
+                    parts.push(format!("{alias}.value LIKE ? ESCAPE '\\'"));
+                    values.push(format!("{}%", escape_like(alternative)).into());
+                } else {
+                    parts.push(format!("{alias}.value = ?"));
+                    values.push(alternative.as_str().into());
+                }
+            }
+        }
+        (ParamType::Date, None) => {
+            for alternative in &alternatives {
+                let (prefix, text) = split_prefix(alternative);
+                let (low, high) = parse_date_range(text).ok_or_else(|| {
+                    FhirError::bad_request(format!(
+                        "{code}={alternative} is not a date such as 2024-03-01 or 2024-03-01T10:00:00Z"
+                    ))
+                })?;
+                parts.push(range_match(
+                    alias,
+                    prefix,
+                    "low",
+                    "high",
+                    &mut values,
+                    low.into(),
+                    high.into(),
+                )?);
+            }
+        }
+        (ParamType::Number, None) => {
+            for alternative in &alternatives {
+                let (prefix, text) = split_prefix(alternative);
+                let (low, high) = decimal_range(code, text)?;
+                parts.push(range_match(
+                    alias,
+                    prefix,
+                    "low",
+                    "high",
+                    &mut values,
+                    low.into(),
+                    high.into(),
+                )?);
+            }
+        }
+        (ParamType::Quantity, None) => {
+            for alternative in &alternatives {
+                let mut pieces = split_unescaped(alternative, '|').into_iter();
+                let number = pieces.next().unwrap_or_default();
+                let system = pieces.next().filter(|s| !s.is_empty());
+                let unit = pieces.next().filter(|s| !s.is_empty());
+                let (prefix, text) = split_prefix(&number);
+                let (low, high) = decimal_range(code, text)?;
+                let mut part = range_match(
+                    alias,
+                    prefix,
+                    "low",
+                    "high",
+                    &mut values,
+                    low.into(),
+                    high.into(),
+                )?;
+                match (system, unit) {
+                    (Some(system), Some(unit)) => {
+                        part.push_str(&format!(" AND {alias}.system = ? AND {alias}.code = ?"));
+                        values.push(system.into());
+                        values.push(unit.into());
+                    }
+                    (None, Some(unit)) => {
+                        part.push_str(&format!(" AND ({alias}.code = ? OR {alias}.unit = ?)"));
+                        values.push(unit.clone().into());
+                        values.push(unit.into());
+                    }
+                    (Some(system), None) => {
+                        part.push_str(&format!(" AND {alias}.system = ?"));
+                        values.push(system.into());
+                    }
+                    (None, None) => {}
+                }
+                parts.push(part);
+            }
+        }
+        (_, Some(modifier)) => {
+            return Err(FhirError::bad_request(format!(
+                "the modifier :{modifier} is not supported on the {} parameter {code}",
+                param_type.as_str()
+            )))
+        }
+        (ParamType::Composite | ParamType::Special, None) => {
+            return Err(FhirError::bad_request(format!(
+                "searching by the {} parameter {code} is not supported yet",
+                param_type.as_str()
+            )))
+        }
+    }
+    Ok(Some(exists(
+        table,
+        alias,
+        resource_type,
+        &indexed_param,
+        (parts, values),
+        negate,
+    )))
+}
+
+/// `EXISTS (SELECT 1 FROM table WHERE <same resource> AND param = ? AND (p1 OR p2…))`.
+fn exists(
+    table: &str,
+    alias: &str,
+    resource_type: &str,
+    param: &str,
+    (parts, part_values): (Vec<String>, Vec<Value>),
+    negate: bool,
+) -> Condition {
+    let alternatives = parts
+        .iter()
+        .map(|p| format!("({p})"))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let mut values: Vec<Value> = vec![resource_type.into(), param.into()];
+    values.extend(part_values);
+    Condition {
+        sql: format!(
+            "{}EXISTS (SELECT 1 FROM {table} {alias} WHERE {alias}.resource_type = ? \
+             AND {alias}.resource_id = r.id AND {alias}.param = ? AND ({alternatives}))",
+            if negate { "NOT " } else { "" }
+        ),
+        values,
+    }
+}
+
+fn table_of(param_type: ParamType) -> Option<(&'static str, &'static str)> {
+    Some(match param_type {
+        ParamType::Token => ("search_token", "t"),
+        ParamType::String => ("search_string", "s"),
+        ParamType::Date => ("search_date", "d"),
+        ParamType::Reference => ("search_reference", "f"),
+        ParamType::Number => ("search_number", "n"),
+        ParamType::Quantity => ("search_quantity", "q"),
+        ParamType::Uri => ("search_uri", "u"),
+        ParamType::Composite | ParamType::Special => return None,
+    })
+}
+
+fn token_match(alias: &str, value: &str, parts: &mut Vec<String>, values: &mut Vec<Value>) {
+    match split_unescaped(value, '|').as_slice() {
+        [code] => {
+            parts.push(format!("{alias}.code = ?"));
+            values.push(code.clone().into());
+        }
+        [system, code] if system.is_empty() => {
+            parts.push(format!("{alias}.system IS NULL AND {alias}.code = ?"));
+            values.push(code.clone().into());
+        }
+        [system, code] if code.is_empty() => {
+            parts.push(format!("{alias}.system = ?"));
+            values.push(system.clone().into());
+        }
+        [system, code, ..] => {
+            parts.push(format!("{alias}.system = ? AND {alias}.code = ?"));
+            values.push(system.clone().into());
+            values.push(code.clone().into());
+        }
+        [] => {}
+    }
+}
+
+fn reference_match(
+    alias: &str,
+    value: &str,
+    target_type: Option<&str>,
+    parts: &mut Vec<String>,
+    values: &mut Vec<Value>,
+) {
+    let value = value.split('|').next().unwrap_or(value);
+    if value.contains("://") || value.starts_with("urn:") {
+        // Absolute: the literal URL, or the type/id at its end when it names a resource.
+        let segments: Vec<&str> = value.trim_end_matches('/').rsplit('/').take(2).collect();
+        if let [id, resource_type] = segments.as_slice() {
+            if crate::fhir::definitions::Definitions::get().is_resource_type(resource_type) {
+                parts.push(format!(
+                    "{alias}.url = ? OR ({alias}.target_type = ? AND {alias}.target_id = ?)"
+                ));
+                values.push(value.into());
+                values.push((*resource_type).into());
+                values.push((*id).into());
+                return;
+            }
+        }
+        parts.push(format!("{alias}.url = ?"));
+        values.push(value.into());
+        return;
+    }
+    match value.split_once('/') {
+        Some((resource_type, id)) => {
+            parts.push(format!("{alias}.target_type = ? AND {alias}.target_id = ?"));
+            values.push(resource_type.into());
+            values.push(id.split('/').next().unwrap_or(id).into());
+        }
+        None => match target_type {
+            Some(resource_type) => {
+                parts.push(format!("{alias}.target_type = ? AND {alias}.target_id = ?"));
+                values.push(resource_type.into());
+                values.push(value.into());
+            }
+            None => {
+                parts.push(format!("{alias}.target_id = ?"));
+                values.push(value.into());
+            }
+        },
+    }
+}
+
+fn id_condition(modifier: Option<&str>, value: &str) -> FhirResult<Condition> {
+    if let Some(modifier) = modifier {
+        return Err(FhirError::bad_request(format!(
+            "the modifier :{modifier} is not supported on _id"
+        )));
+    }
+    let ids = split_values(value);
+    Ok(Condition {
+        sql: format!("r.id IN ({})", vec!["?"; ids.len()].join(", ")),
+        values: ids.into_iter().map(Value::from).collect(),
+    })
+}
+
+fn last_updated_condition(modifier: Option<&str>, value: &str) -> FhirResult<Condition> {
+    if let Some(modifier) = modifier {
+        return Err(FhirError::bad_request(format!(
+            "the modifier :{modifier} is not supported on _lastUpdated"
+        )));
+    }
+    let mut parts = Vec::new();
+    let mut values = Vec::new();
+    for alternative in split_values(value) {
+        let (prefix, text) = split_prefix(&alternative);
+        let (low, high) = parse_date_range(text).ok_or_else(|| {
+            FhirError::bad_request(format!(
+                "_lastUpdated={alternative} is not a date or instant"
+            ))
+        })?;
+        // A version's lastUpdated is a point in time: its range is that microsecond.
+        parts.push(range_match(
+            "r",
+            prefix,
+            "last_updated",
+            "last_updated",
+            &mut values,
+            low.into(),
+            high.into(),
+        )?);
+    }
+    Ok(Condition {
+        sql: format!(
+            "({})",
+            parts
+                .iter()
+                .map(|p| format!("({p})"))
+                .collect::<Vec<_>>()
+                .join(" OR ")
+        ),
+        values,
+    })
+}
+
+fn missing_condition(param_type: ParamType, code: &str, value: &str) -> FhirResult<Condition> {
+    let missing = match value {
+        "true" => true,
+        "false" => false,
+        other => {
+            return Err(FhirError::bad_request(format!(
+                "{code}:missing takes true or false, not {other:?}"
+            )))
+        }
+    };
+    let (table, alias) = table_of(param_type)
+        .ok_or_else(|| FhirError::bad_request(format!("{code}:missing is not supported")))?;
+    Ok(Condition {
+        sql: format!(
+            "{}EXISTS (SELECT 1 FROM {table} {alias} WHERE {alias}.resource_type = r.resource_type \
+             AND {alias}.resource_id = r.id AND {alias}.param = ?)",
+            if missing { "NOT " } else { "" }
+        ),
+        values: vec![code.into()],
+    })
+}
+
+/// The condition for a search value range `[low, high]` against a stored range in the
+/// columns `low_col`/`high_col`, per prefix (R4 search, "prefixes").
+fn range_match(
+    alias: &str,
+    prefix: &str,
+    low_col: &str,
+    high_col: &str,
+    values: &mut Vec<Value>,
+    low: Value,
+    high: Value,
+) -> FhirResult<String> {
+    let (lo, hi) = (format!("{alias}.{low_col}"), format!("{alias}.{high_col}"));
+    let sql = match prefix {
+        // The stored range lies within the search range.
+        "eq" => {
+            values.extend([low, high]);
+            format!("{lo} >= ? AND {hi} <= ?")
+        }
+        "ne" => {
+            values.extend([low, high]);
+            format!("NOT ({lo} >= ? AND {hi} <= ?)")
+        }
+        // Some of the stored range lies above / below the search range.
+        "gt" => {
+            values.push(high);
+            format!("{hi} > ?")
+        }
+        "lt" => {
+            values.push(low);
+            format!("{lo} < ?")
+        }
+        "ge" => {
+            values.push(low);
+            format!("{hi} >= ?")
+        }
+        "le" => {
+            values.push(high);
+            format!("{lo} <= ?")
+        }
+        // Starts after / ends before the search range.
+        "sa" => {
+            values.push(high);
+            format!("{lo} > ?")
+        }
+        "eb" => {
+            values.push(low);
+            format!("{hi} < ?")
+        }
+        // Approximately: the ranges overlap.
+        "ap" => {
+            values.extend([high, low]);
+            format!("{lo} <= ? AND {hi} >= ?")
+        }
+        other => {
+            return Err(FhirError::bad_request(format!("unknown prefix {other:?}")));
+        }
+    };
+    Ok(sql)
+}
+
+/// Splits off a two-letter comparison prefix (`ge2024`, `lt5.4`); `eq` by default.
+fn split_prefix(value: &str) -> (&str, &str) {
+    const PREFIXES: &[&str] = &["eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"];
+    if value.len() > 2 && PREFIXES.contains(&&value[..2]) {
+        (&value[..2], &value[2..])
+    } else {
+        ("eq", value)
+    }
+}
+
+/// The range a decimal search value stands for: `5.4` is 5.35 ≤ x < 5.45, `100` is
+/// 99.5 ≤ x < 100.5 (half a unit of the last significant digit either side).
+fn decimal_range(code: &str, text: &str) -> FhirResult<(f64, f64)> {
+    let value: f64 = text
+        .parse()
+        .map_err(|_| FhirError::bad_request(format!("{code}={text} is not a number")))?;
+    let mantissa = text.split(['e', 'E']).next().unwrap_or(text);
+    let exponent: i32 = text
+        .split_once(['e', 'E'])
+        .and_then(|(_, e)| e.parse().ok())
+        .unwrap_or(0);
+    let decimals = mantissa.split_once('.').map_or(0, |(_, d)| d.len() as i32);
+    let half = 0.5 * 10f64.powi(exponent - decimals);
+    Ok((value - half, value + half))
+}
+
+/// Comma-separated alternatives, honouring `\,` escapes.
+pub fn split_values(value: &str) -> Vec<String> {
+    split_unescaped(value, ',')
+}
+
+/// Splits on `separator` except where escaped with `\`, and removes the escapes.
+pub fn split_unescaped(value: &str, separator: char) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(next) = chars.next() {
+                if next != separator {
+                    parts.last_mut().unwrap().push('\\');
+                }
+                parts.last_mut().unwrap().push(next);
+            }
+        } else if c == separator {
+            parts.push(String::new());
+        } else {
+            parts.last_mut().unwrap().push(c);
+        }
+    }
+    parts
+}
+
+fn escape_like(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_with_escapes() {
+        assert_eq!(split_values("a,b\\,c"), vec!["a", "b,c"]);
+        assert_eq!(
+            split_unescaped("http://x|123", '|'),
+            vec!["http://x", "123"]
+        );
+        assert_eq!(split_unescaped("a\\|b|c", '|'), vec!["a|b", "c"]);
+    }
+
+    #[test]
+    fn decimal_ranges_follow_precision() {
+        let (low, high) = decimal_range("x", "5.4").unwrap();
+        assert!((low - 5.35).abs() < 1e-9 && (high - 5.45).abs() < 1e-9);
+        let (low, high) = decimal_range("x", "100").unwrap();
+        assert!((low - 99.5).abs() < 1e-9 && (high - 100.5).abs() < 1e-9);
+        assert!(decimal_range("x", "abc").is_err());
+    }
+
+    #[test]
+    fn prefixes() {
+        assert_eq!(split_prefix("ge2024-01-01"), ("ge", "2024-01-01"));
+        assert_eq!(split_prefix("2024"), ("eq", "2024"));
+    }
+
+    #[test]
+    fn unknown_parameters_are_errors() {
+        let err = condition("Patient", "colour", "red").unwrap_err();
+        assert!(err.message().contains("colour"));
+        assert!(condition("Patient", "_count", "5").unwrap().is_none());
+        let c = condition("Patient", "identifier", "http://x|1")
+            .unwrap()
+            .unwrap();
+        assert!(c.sql.contains("search_token"));
+        assert_eq!(c.values.len(), 4);
+    }
+}

@@ -1,0 +1,108 @@
+//! Every official R4 example resource (npm package hl7.fhir.r4.examples 4.0.1) that is
+//! valid is accepted by update-as-create and read back unchanged apart from `meta`.
+//! `.ci/run` fetches the package; point FHIRGATE_R4_EXAMPLES at its `package` folder.
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use super::helpers::*;
+
+/// Examples the specification itself gets wrong, with the reason.
+const KNOWN_INVALID: &[(&str, &str)] = &[
+    ("ImplementationGuide-fhir.json", "ImplementationGuide.name and .status (1..1) are missing"),
+    ("ig-r4.json", "ImplementationGuide.name and .status (1..1) are missing"),
+    ("Questionnaire-qs1.json", "nested Questionnaire.item entries have no linkId (1..1)"),
+    (
+        "SearchParameter-questionnaireresponse-extensions-QuestionnaireResponse-item-subject.json",
+        "the id has 67 characters; ids are at most 64",
+    ),
+    ("SearchParameter-codesystem-extensions-CodeSystem-author.json", "SearchParameter.base (1..*) is missing"),
+    ("SearchParameter-codesystem-extensions-CodeSystem-effective.json", "SearchParameter.base (1..*) is missing"),
+    ("SearchParameter-codesystem-extensions-CodeSystem-end.json", "SearchParameter.base (1..*) is missing"),
+    ("SearchParameter-codesystem-extensions-CodeSystem-keyword.json", "SearchParameter.base (1..*) is missing"),
+    ("SearchParameter-codesystem-extensions-CodeSystem-workflow.json", "SearchParameter.base (1..*) is missing"),
+    ("SearchParameter-valueset-extensions-ValueSet-author.json", "SearchParameter.base (1..*) is missing"),
+    ("SearchParameter-valueset-extensions-ValueSet-effective.json", "SearchParameter.base (1..*) is missing"),
+    ("SearchParameter-valueset-extensions-ValueSet-end.json", "SearchParameter.base (1..*) is missing"),
+    ("SearchParameter-valueset-extensions-ValueSet-keyword.json", "SearchParameter.base (1..*) is missing"),
+    ("SearchParameter-valueset-extensions-ValueSet-workflow.json", "SearchParameter.base (1..*) is missing"),
+];
+
+fn examples_dir() -> Option<PathBuf> {
+    let dir = std::env::var("FHIRGATE_R4_EXAMPLES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/r4-examples/package")));
+    dir.is_dir().then_some(dir)
+}
+
+fn without_meta(mut resource: Value) -> Value {
+    if let Some(object) = resource.as_object_mut() {
+        object.remove("meta");
+    }
+    resource
+}
+
+#[tokio::test]
+async fn official_examples_round_trip() {
+    let Some(dir) = examples_dir() else {
+        eprintln!(
+            "SKIPPED official_examples_round_trip: the R4 examples are not present \
+             (set FHIRGATE_R4_EXAMPLES or run .ci/run, which fetches hl7.fhir.r4.examples)"
+        );
+        return;
+    };
+    // Bundle-resources.json is 35 MB, above the default body limit of 16 MiB.
+    let app = spawn_app_with(|config| config.max_body_bytes = 64 * 1024 * 1024).await;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for path in &files {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let Ok(resource) = serde_json::from_str::<Value>(&std::fs::read_to_string(path).unwrap()) else {
+            continue;
+        };
+        let (Some(resource_type), Some(id)) = (
+            resource["resourceType"].as_str().map(str::to_string),
+            resource["id"].as_str().map(str::to_string),
+        ) else {
+            continue;
+        };
+        if name == "package.json" || name.starts_with('.') {
+            continue;
+        }
+        let known = KNOWN_INVALID.iter().any(|(file, _)| *file == name);
+        let response = app.put(&format!("{resource_type}/{id}"), &resource).await;
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if known {
+            if status < 300 {
+                failures.push(format!("{name}: listed as invalid but accepted"));
+            }
+            continue;
+        }
+        if status != 201 && status != 200 {
+            failures.push(format!("{name}: {status} {}", body["issue"]));
+            continue;
+        }
+        let read: Value = app
+            .get(&format!("{resource_type}/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if without_meta(read) != without_meta(resource.clone()) {
+            failures.push(format!("{name}: read back differs"));
+        }
+        checked += 1;
+    }
+    eprintln!("official examples: {checked} round-tripped, {} failures", failures.len());
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(checked > 4000, "only {checked} examples checked");
+}

@@ -1,0 +1,251 @@
+//! Test harness: `spawn_app()` starts the server on port 0 with a fresh database and
+//! returns typed request helpers.
+
+use std::path::PathBuf;
+
+use fhirgate::config::ServeConfig;
+use fhirgate::server::{self, RunningServer};
+use reqwest::{Method, Response};
+use serde_json::{json, Value};
+
+pub const FHIR_JSON: &str = "application/fhir+json";
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub database_url: String,
+    server: Option<RunningServer>,
+    database: TestDatabase,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts a server after letting the test adjust its configuration.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut ServeConfig)) -> TestApp {
+    let database = TestDatabase::create().await;
+    let mut config = ServeConfig::for_database(&database.url);
+    adjust(&mut config);
+    let server = server::start(config).await.expect("server starts");
+    TestApp {
+        base: server.base_url(),
+        client: reqwest::Client::new(),
+        database_url: database.url.clone(),
+        server: Some(server),
+        database,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        if path.starts_with("http") {
+            path.to_string()
+        } else if path.is_empty() {
+            self.base.clone()
+        } else {
+            format!("{}/{}", self.base, path.trim_start_matches('/'))
+        }
+    }
+
+    /// The server root (for /openapi.json, /docs, /healthz).
+    pub fn root(&self, path: &str) -> String {
+        format!("{}{}", self.base.trim_end_matches("/fhir"), path)
+    }
+
+    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, self.url(path))
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.request(Method::GET, path).send().await.expect("GET")
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Response {
+        self.send_json(Method::POST, path, body).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Response {
+        self.send_json(Method::PUT, path, body).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Response {
+        self.request(Method::DELETE, path).send().await.expect("DELETE")
+    }
+
+    pub async fn send_json(&self, method: Method, path: &str, body: &Value) -> Response {
+        self.request(method, path)
+            .header("content-type", FHIR_JSON)
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Creates a resource and returns the stored body (asserting 201).
+    pub async fn create(&self, resource: &Value) -> Value {
+        let resource_type = resource["resourceType"].as_str().expect("resourceType");
+        let response = self.post(resource_type, resource).await;
+        let status = response.status();
+        let body: Value = response.json().await.expect("json body");
+        assert_eq!(status, 201, "create failed: {body}");
+        body
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop().await.expect("server stops");
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // Stop the server before its database goes away.
+        self.server.take();
+        self.database.cleanup();
+    }
+}
+
+/// Reads a JSON body, asserting the status first (with the body in the message).
+pub async fn json_with_status(response: Response, status: u16) -> Value {
+    let actual = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
+    assert_eq!(actual, status, "unexpected status; body: {text}");
+    body
+}
+
+/// Asserts an OperationOutcome and returns its issues' diagnostics joined by newlines.
+pub fn outcome_text(body: &Value) -> String {
+    assert_eq!(body["resourceType"], "OperationOutcome", "not an OperationOutcome: {body}");
+    body["issue"]
+        .as_array()
+        .expect("issues")
+        .iter()
+        .map(|i| i["diagnostics"].as_str().unwrap_or_default().to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// All `expression` values of an OperationOutcome.
+pub fn outcome_expressions(body: &Value) -> Vec<String> {
+    body["issue"]
+        .as_array()
+        .map(|issues| {
+            issues
+                .iter()
+                .flat_map(|i| i["expression"].as_array().cloned().unwrap_or_default())
+                .filter_map(|e| e.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn heart_rate(patient: &str, value: i64) -> Value {
+    json!({
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
+        "subject": {"reference": patient},
+        "effectiveDateTime": "2024-03-01T10:00:00Z",
+        "valueQuantity": {"value": value, "unit": "beats/minute", "system": "http://unitsofmeasure.org", "code": "/min"}
+    })
+}
+
+pub fn patient(mrn: &str) -> Value {
+    json!({
+        "resourceType": "Patient",
+        "identifier": [{"system": "http://hospital.example/mrn", "value": mrn}],
+        "name": [{"family": "Chalmers", "given": ["Peter", "James"]}],
+        "gender": "male",
+        "birthDate": "1974-12-25"
+    })
+}
+
+/// A database for one test: a temporary SQLite file, or a new PostgreSQL database on the
+/// server named by FHIRGATE_TEST_DATABASE_URL.
+struct TestDatabase {
+    url: String,
+    sqlite_dir: Option<PathBuf>,
+    postgres: Option<(String, String)>,
+}
+
+impl TestDatabase {
+    async fn create() -> TestDatabase {
+        let unique = uuid::Uuid::new_v4().simple().to_string();
+        match std::env::var("FHIRGATE_TEST_DATABASE_URL") {
+            Ok(admin_url) if !admin_url.is_empty() => {
+                let name = format!("fhirgate_test_{unique}");
+                let admin = fhirgate::db::connect(&admin_url)
+                    .await
+                    .expect("connect to FHIRGATE_TEST_DATABASE_URL");
+                use sea_orm::ConnectionTrait;
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .expect("create test database");
+                let _ = admin.close().await;
+                let url = replace_database_name(&admin_url, &name);
+                TestDatabase {
+                    url,
+                    sqlite_dir: None,
+                    postgres: Some((admin_url, name)),
+                }
+            }
+            _ => {
+                let dir = std::env::temp_dir().join(format!("fhirgate-test-{unique}"));
+                let url = format!("sqlite://{}/fhirgate.db", dir.display());
+                TestDatabase {
+                    url,
+                    sqlite_dir: Some(dir),
+                    postgres: None,
+                }
+            }
+        }
+    }
+
+    fn cleanup(&mut self) {
+        if let Some(dir) = self.sqlite_dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        if let Some((admin_url, name)) = self.postgres.take() {
+            // Drop runs outside async context; a short-lived runtime on its own thread
+            // drops the database (FORCE ends the stopped server's pooled connections).
+            let _ = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                runtime.block_on(async {
+                    use sea_orm::ConnectionTrait;
+                    if let Ok(admin) = fhirgate::db::connect(&admin_url).await {
+                        let _ = admin
+                            .execute_unprepared(&format!(
+                                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                            ))
+                            .await;
+                        let _ = admin.close().await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+fn replace_database_name(url: &str, name: &str) -> String {
+    let (without_query, query) = match url.split_once('?') {
+        Some((u, q)) => (u, Some(q)),
+        None => (url, None),
+    };
+    let prefix = match without_query.rfind('/') {
+        Some(slash) if slash > "postgres://".len() => &without_query[..slash],
+        _ => without_query,
+    };
+    match query {
+        Some(q) => format!("{prefix}/{name}?{q}"),
+        None => format!("{prefix}/{name}"),
+    }
+}

@@ -1,0 +1,11 @@
+mod bundle;
+mod cli;
+mod conditional;
+mod conformance;
+mod crud;
+mod errors;
+mod helpers;
+mod history;
+mod metadata;
+mod openapi;
+mod validation;
