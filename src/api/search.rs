@@ -48,7 +48,14 @@ pub async fn search_get(
     base: BaseUrl,
 ) -> FhirResult<Response> {
     check_type(&resource_type)?;
-    search(&state, &resource_type, query.unwrap_or_default(), &headers, &base).await
+    search(
+        &state,
+        &resource_type,
+        query.unwrap_or_default(),
+        &headers,
+        &base,
+    )
+    .await
 }
 
 /// Search with the parameters in a form body (for long queries).

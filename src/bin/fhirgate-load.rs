@@ -13,7 +13,10 @@ use clap::{Parser, ValueEnum};
 use serde_json::json;
 
 #[derive(Parser)]
-#[command(name = "fhirgate-load", about = "FHIR load generator: throughput and p50/p95/p99")]
+#[command(
+    name = "fhirgate-load",
+    about = "FHIR load generator: throughput and p50/p95/p99"
+)]
 struct Args {
     /// FHIR base URL.
     #[arg(long, default_value = "http://127.0.0.1:8080/fhir")]
@@ -189,7 +192,12 @@ fn observation(worker: usize, n: u64) -> serde_json::Value {
     })
 }
 
-async fn create(client: &reqwest::Client, args: &Args, worker: usize, n: u64) -> Result<(), String> {
+async fn create(
+    client: &reqwest::Client,
+    args: &Args,
+    worker: usize,
+    n: u64,
+) -> Result<(), String> {
     let response = authorized(client.post(format!("{}/Observation", args.base)), args)
         .header("content-type", "application/fhir+json")
         .header("prefer", "return=minimal")
@@ -200,7 +208,11 @@ async fn create(client: &reqwest::Client, args: &Args, worker: usize, n: u64) ->
     if response.status().as_u16() == 201 {
         Ok(())
     } else {
-        Err(format!("{} {}", response.status(), response.text().await.unwrap_or_default()))
+        Err(format!(
+            "{} {}",
+            response.status(),
+            response.text().await.unwrap_or_default()
+        ))
     }
 }
 

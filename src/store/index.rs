@@ -11,12 +11,21 @@ use crate::search::extract::{extract, IndexEntry};
 
 /// The index tables, each with the columns that follow `resource_type, resource_id, param`.
 const TABLES: &[(&str, &[&str])] = &[
-    ("search_token", &["system", "code", "display", "type_system", "type_code"]),
+    (
+        "search_token",
+        &["system", "code", "display", "type_system", "type_code"],
+    ),
     ("search_string", &["normalized", "exact"]),
     ("search_date", &["low", "high"]),
-    ("search_reference", &["target_type", "target_id", "version", "url"]),
+    (
+        "search_reference",
+        &["target_type", "target_id", "version", "url"],
+    ),
     ("search_number", &["value", "low", "high"]),
-    ("search_quantity", &["value", "low", "high", "system", "code", "unit"]),
+    (
+        "search_quantity",
+        &["value", "low", "high", "system", "code", "unit"],
+    ),
     ("search_uri", &["value"]),
 ];
 
@@ -121,7 +130,10 @@ fn row_of(entry: IndexEntry) -> Option<(usize, Vec<Value>)> {
             param,
             normalized,
             exact,
-        } => (1, vec![param.as_ref().into(), normalized.into(), exact.into()]),
+        } => (
+            1,
+            vec![param.as_ref().into(), normalized.into(), exact.into()],
+        ),
         IndexEntry::Date { param, low, high } => {
             (2, vec![param.as_ref().into(), low.into(), high.into()])
         }
@@ -148,7 +160,12 @@ fn row_of(entry: IndexEntry) -> Option<(usize, Vec<Value>)> {
             high,
         } => (
             4,
-            vec![param.as_ref().into(), finite(value).into(), finite(low).into(), finite(high).into()],
+            vec![
+                param.as_ref().into(),
+                finite(value).into(),
+                finite(low).into(),
+                finite(high).into(),
+            ],
         ),
         IndexEntry::Quantity {
             param,

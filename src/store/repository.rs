@@ -92,10 +92,12 @@ pub async fn update(
 ) -> FhirResult<WriteResult> {
     let resource_type = resource.resource_type().to_string();
     match resource.id() {
-        None => return Err(FhirError::bad_request(format!(
+        None => {
+            return Err(FhirError::bad_request(format!(
             "the resource has no id; an update of {resource_type}/{id} must carry \"id\": \"{id}\""
         ))
-        .at(format!("{resource_type}.id"))),
+            .at(format!("{resource_type}.id")))
+        }
         Some(body_id) if body_id != id => {
             return Err(FhirError::bad_request(format!(
                 "the resource id {body_id:?} does not match the id {id:?} in the URL"

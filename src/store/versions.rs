@@ -204,7 +204,14 @@ pub async fn write_version(
         ],
     ))
     .await?;
-    super::index::reindex(conn, resource_type, id, content.as_ref(), previous.is_some()).await?;
+    super::index::reindex(
+        conn,
+        resource_type,
+        id,
+        content.as_ref(),
+        previous.is_some(),
+    )
+    .await?;
     Ok(StoredResource {
         resource_type: resource_type.to_string(),
         id: id.to_string(),

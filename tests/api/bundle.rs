@@ -34,18 +34,28 @@ async fn transaction_resolves_urn_uuid_references() {
     let response = json_with_status(app.post("", &bundle).await, 200).await;
     assert_eq!(response["type"], "transaction-response");
     let results = entries(&response);
-    assert_eq!(results.len(), 3, "one response entry per request entry, in order");
+    assert_eq!(
+        results.len(),
+        3,
+        "one response entry per request entry, in order"
+    );
     for result in &results {
         assert_eq!(result["response"]["status"], "201 Created");
     }
-    let location = |i: usize| results[i]["response"]["location"].as_str().unwrap().to_string();
+    let location = |i: usize| {
+        results[i]["response"]["location"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
     assert!(location(0).starts_with("Device/"));
     assert!(location(1).starts_with("Patient/"));
     let patient_ref = location(1).split("/_history").next().unwrap().to_string();
     let device_ref = location(0).split("/_history").next().unwrap().to_string();
 
     let observation = json_with_status(
-        app.get(location(2).split("/_history").next().unwrap()).await,
+        app.get(location(2).split("/_history").next().unwrap())
+            .await,
         200,
     )
     .await;
@@ -87,7 +97,11 @@ async fn transaction_is_all_or_nothing() {
     json_with_status(app.post("", &bundle).await, 412).await;
 
     let history = json_with_status(app.get("Patient/_history").await, 200).await;
-    assert_eq!(entries(&history).len(), 1, "only the separately created Patient exists");
+    assert_eq!(
+        entries(&history).len(),
+        1,
+        "only the separately created Patient exists"
+    );
 }
 
 #[tokio::test]
@@ -166,10 +180,21 @@ async fn batch_reports_each_entry_on_its_own() {
         .collect();
     assert_eq!(
         statuses,
-        vec!["201 Created", "400 Bad Request", "404 Not Found", "400 Bad Request", "201 Created"]
+        vec![
+            "201 Created",
+            "400 Bad Request",
+            "404 Not Found",
+            "400 Bad Request",
+            "201 Created"
+        ]
     );
-    assert_eq!(results[1]["response"]["outcome"]["resourceType"], "OperationOutcome");
-    assert!(results[1]["response"]["outcome"].to_string().contains("robot"));
+    assert_eq!(
+        results[1]["response"]["outcome"]["resourceType"],
+        "OperationOutcome"
+    );
+    assert!(results[1]["response"]["outcome"]
+        .to_string()
+        .contains("robot"));
     let history = json_with_status(app.get("Patient/_history").await, 200).await;
     assert_eq!(entries(&history).len(), 2);
 }
@@ -198,14 +223,19 @@ async fn bundle_patch_entries_carry_a_binary_json_patch() {
 async fn only_batch_and_transaction_bundles_are_processed() {
     let app = spawn_app().await;
     let body = json_with_status(
-        app.post("", &json!({"resourceType": "Bundle", "type": "collection"})).await,
+        app.post("", &json!({"resourceType": "Bundle", "type": "collection"}))
+            .await,
         400,
     )
     .await;
     assert!(outcome_text(&body).contains("collection"));
     json_with_status(app.post("", &patient("NOPE")).await, 400).await;
     let empty = json_with_status(
-        app.post("", &json!({"resourceType": "Bundle", "type": "transaction"})).await,
+        app.post(
+            "",
+            &json!({"resourceType": "Bundle", "type": "transaction"}),
+        )
+        .await,
         200,
     )
     .await;

@@ -8,7 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fhirgate-cli-{name}-{}", uuid::Uuid::new_v4().simple()));
+    let dir = std::env::temp_dir().join(format!(
+        "fhirgate-cli-{name}-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -82,7 +85,10 @@ fn serve_creates_the_default_sqlite_database_and_stops_gracefully() {
     let mut command = fhirgate(&dir);
     command.args(["serve", "--listen", "127.0.0.1:0"]);
     let (mut child, addr) = serve(command);
-    assert!(dir.join("data/fhirgate.db").exists(), "default database file");
+    assert!(
+        dir.join("data/fhirgate.db").exists(),
+        "default database file"
+    );
 
     // An in-flight request: headers and half the body now, the rest after SIGTERM.
     let body = r#"{"resourceType":"Patient","gender":"female"}"#;
@@ -98,7 +104,7 @@ fn serve_creates_the_default_sqlite_database_and_stops_gracefully() {
     std::thread::sleep(Duration::from_millis(300));
     terminate(&child);
     std::thread::sleep(Duration::from_millis(300));
-    stream.write_all(body[10..].as_bytes()).unwrap();
+    stream.write_all(&body.as_bytes()[10..]).unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 201"), "{response}");
@@ -155,7 +161,11 @@ fn migrate_is_safe_to_run_twice() {
             .args(["migrate", "--database-url", "sqlite://nested/folder/m.db"])
             .output()
             .unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     assert!(dir.join("nested/folder/m.db").exists());
     let _ = std::fs::remove_dir_all(dir);

@@ -7,7 +7,11 @@ use super::helpers::*;
 
 const MRN: &str = "identifier=http://hospital.example/mrn|";
 
-async fn create_if_none_exist(app: &TestApp, resource: &Value, criteria: &str) -> reqwest::Response {
+async fn create_if_none_exist(
+    app: &TestApp,
+    resource: &Value,
+    criteria: &str,
+) -> reqwest::Response {
     app.request(Method::POST, "Patient")
         .header("content-type", FHIR_JSON)
         .header("if-none-exist", criteria)
@@ -18,7 +22,12 @@ async fn create_if_none_exist(app: &TestApp, resource: &Value, criteria: &str) -
 }
 
 async fn count(app: &TestApp, resource_type: &str) -> usize {
-    let history = json_with_status(app.get(&format!("{resource_type}/_history?_count=1000")).await, 200).await;
+    let history = json_with_status(
+        app.get(&format!("{resource_type}/_history?_count=1000"))
+            .await,
+        200,
+    )
+    .await;
     history["entry"]
         .as_array()
         .map(|entries| {
@@ -67,7 +76,11 @@ async fn conditional_update_updates_the_match_or_creates() {
 
     app.create(&patient("U3")).await;
     app.create(&patient("U3")).await;
-    json_with_status(app.put(&format!("Patient?{MRN}U3"), &patient("U3")).await, 412).await;
+    json_with_status(
+        app.put(&format!("Patient?{MRN}U3"), &patient("U3")).await,
+        412,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -75,7 +88,12 @@ async fn conditional_delete_removes_the_match() {
     let app = spawn_app().await;
     let created = app.create(&patient("X1")).await;
     assert_eq!(app.delete(&format!("Patient?{MRN}X1")).await.status(), 204);
-    json_with_status(app.get(&format!("Patient/{}", created["id"].as_str().unwrap())).await, 410).await;
+    json_with_status(
+        app.get(&format!("Patient/{}", created["id"].as_str().unwrap()))
+            .await,
+        410,
+    )
+    .await;
     // Nothing matches any more: nothing to do.
     assert_eq!(app.delete(&format!("Patient?{MRN}X1")).await.status(), 204);
     app.create(&patient("X2")).await;
@@ -101,12 +119,18 @@ async fn transaction_conditional_create_and_references() {
     });
     let response = json_with_status(app.post("", &bundle).await, 200).await;
     let results = response["entry"].as_array().unwrap();
-    assert_eq!(results[0]["response"]["status"], "200 OK", "matched, not created");
+    assert_eq!(
+        results[0]["response"]["status"], "200 OK",
+        "matched, not created"
+    );
     let expected = format!("Patient/{}", existing["id"].as_str().unwrap());
     for i in [1, 2] {
         let location = results[i]["response"]["location"].as_str().unwrap();
-        let observation =
-            json_with_status(app.get(location.split("/_history").next().unwrap()).await, 200).await;
+        let observation = json_with_status(
+            app.get(location.split("/_history").next().unwrap()).await,
+            200,
+        )
+        .await;
         assert_eq!(observation["subject"]["reference"], expected.as_str());
     }
     assert_eq!(count(&app, "Patient").await, 1);

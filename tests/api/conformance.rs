@@ -10,29 +10,73 @@ use super::helpers::*;
 
 /// Examples the specification itself gets wrong, with the reason.
 const KNOWN_INVALID: &[(&str, &str)] = &[
-    ("ImplementationGuide-fhir.json", "ImplementationGuide.name and .status (1..1) are missing"),
-    ("ig-r4.json", "ImplementationGuide.name and .status (1..1) are missing"),
-    ("Questionnaire-qs1.json", "nested Questionnaire.item entries have no linkId (1..1)"),
+    (
+        "ImplementationGuide-fhir.json",
+        "ImplementationGuide.name and .status (1..1) are missing",
+    ),
+    (
+        "ig-r4.json",
+        "ImplementationGuide.name and .status (1..1) are missing",
+    ),
+    (
+        "Questionnaire-qs1.json",
+        "nested Questionnaire.item entries have no linkId (1..1)",
+    ),
     (
         "SearchParameter-questionnaireresponse-extensions-QuestionnaireResponse-item-subject.json",
         "the id has 67 characters; ids are at most 64",
     ),
-    ("SearchParameter-codesystem-extensions-CodeSystem-author.json", "SearchParameter.base (1..*) is missing"),
-    ("SearchParameter-codesystem-extensions-CodeSystem-effective.json", "SearchParameter.base (1..*) is missing"),
-    ("SearchParameter-codesystem-extensions-CodeSystem-end.json", "SearchParameter.base (1..*) is missing"),
-    ("SearchParameter-codesystem-extensions-CodeSystem-keyword.json", "SearchParameter.base (1..*) is missing"),
-    ("SearchParameter-codesystem-extensions-CodeSystem-workflow.json", "SearchParameter.base (1..*) is missing"),
-    ("SearchParameter-valueset-extensions-ValueSet-author.json", "SearchParameter.base (1..*) is missing"),
-    ("SearchParameter-valueset-extensions-ValueSet-effective.json", "SearchParameter.base (1..*) is missing"),
-    ("SearchParameter-valueset-extensions-ValueSet-end.json", "SearchParameter.base (1..*) is missing"),
-    ("SearchParameter-valueset-extensions-ValueSet-keyword.json", "SearchParameter.base (1..*) is missing"),
-    ("SearchParameter-valueset-extensions-ValueSet-workflow.json", "SearchParameter.base (1..*) is missing"),
+    (
+        "SearchParameter-codesystem-extensions-CodeSystem-author.json",
+        "SearchParameter.base (1..*) is missing",
+    ),
+    (
+        "SearchParameter-codesystem-extensions-CodeSystem-effective.json",
+        "SearchParameter.base (1..*) is missing",
+    ),
+    (
+        "SearchParameter-codesystem-extensions-CodeSystem-end.json",
+        "SearchParameter.base (1..*) is missing",
+    ),
+    (
+        "SearchParameter-codesystem-extensions-CodeSystem-keyword.json",
+        "SearchParameter.base (1..*) is missing",
+    ),
+    (
+        "SearchParameter-codesystem-extensions-CodeSystem-workflow.json",
+        "SearchParameter.base (1..*) is missing",
+    ),
+    (
+        "SearchParameter-valueset-extensions-ValueSet-author.json",
+        "SearchParameter.base (1..*) is missing",
+    ),
+    (
+        "SearchParameter-valueset-extensions-ValueSet-effective.json",
+        "SearchParameter.base (1..*) is missing",
+    ),
+    (
+        "SearchParameter-valueset-extensions-ValueSet-end.json",
+        "SearchParameter.base (1..*) is missing",
+    ),
+    (
+        "SearchParameter-valueset-extensions-ValueSet-keyword.json",
+        "SearchParameter.base (1..*) is missing",
+    ),
+    (
+        "SearchParameter-valueset-extensions-ValueSet-workflow.json",
+        "SearchParameter.base (1..*) is missing",
+    ),
 ];
 
 fn examples_dir() -> Option<PathBuf> {
     let dir = std::env::var("FHIRGATE_R4_EXAMPLES")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/r4-examples/package")));
+        .unwrap_or_else(|_| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/target/r4-examples/package"
+            ))
+        });
     dir.is_dir().then_some(dir)
 }
 
@@ -43,14 +87,17 @@ fn same_content(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => {
             let (x, y) = (x.to_string(), y.to_string());
-            x == y || ((x.contains(['e', 'E']) || y.contains(['e', 'E'])) && decimal_value(&x) == decimal_value(&y))
+            x == y
+                || ((x.contains(['e', 'E']) || y.contains(['e', 'E']))
+                    && decimal_value(&x) == decimal_value(&y))
         }
         (Value::Array(x), Value::Array(y)) => {
             x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_content(x, y))
         }
         (Value::Object(x), Value::Object(y)) => {
             x.len() == y.len()
-                && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same_content(v, w)))
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_content(v, w)))
         }
         _ => a == b,
     }
@@ -75,7 +122,10 @@ fn decimal_value(text: &str) -> (bool, String, i64) {
 
 #[test]
 fn decimal_values_compare_exactly() {
-    assert_eq!(decimal_value("1E-22"), decimal_value("0.0000000000000000000001"));
+    assert_eq!(
+        decimal_value("1E-22"),
+        decimal_value("0.0000000000000000000001")
+    );
     assert_eq!(decimal_value("-1.0E+3"), decimal_value("-1000"));
     assert_ne!(decimal_value("1.5"), decimal_value("1.05"));
     let a: Value = serde_json::from_str("{\"v\": 1.50}").unwrap();
@@ -112,7 +162,8 @@ async fn official_examples_round_trip() {
     let mut failures = Vec::new();
     for path in &files {
         let name = path.file_name().unwrap().to_string_lossy().to_string();
-        let Ok(resource) = serde_json::from_str::<Value>(&std::fs::read_to_string(path).unwrap()) else {
+        let Ok(resource) = serde_json::from_str::<Value>(&std::fs::read_to_string(path).unwrap())
+        else {
             continue;
         };
         let (Some(resource_type), Some(id)) = (
@@ -149,7 +200,15 @@ async fn official_examples_round_trip() {
         }
         checked += 1;
     }
-    eprintln!("official examples: {checked} round-tripped, {} failures", failures.len());
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    eprintln!(
+        "official examples: {checked} round-tripped, {} failures",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     assert!(checked > 4000, "only {checked} examples checked");
 }

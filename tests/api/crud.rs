@@ -22,7 +22,10 @@ async fn create_assigns_id_version_and_returns_location_and_etag() {
     let body: serde_json::Value = response.json().await.unwrap();
     let id = body["id"].as_str().unwrap();
     assert_ne!(id, "client-chosen", "the server assigns ids on create");
-    assert_eq!(location, format!("{}/Observation/{id}/_history/1", app.base));
+    assert_eq!(
+        location,
+        format!("{}/Observation/{id}/_history/1", app.base)
+    );
     assert_eq!(etag, "W/\"1\"");
     assert_eq!(body["meta"]["versionId"], "1");
     assert!(body["meta"]["lastUpdated"].as_str().unwrap().ends_with('Z'));
@@ -141,7 +144,10 @@ async fn if_match_guards_against_lost_updates() {
         .await
         .unwrap();
     let body = json_with_status(stale, 412).await;
-    assert!(outcome_text(&body).contains("current version is 1"), "{body}");
+    assert!(
+        outcome_text(&body).contains("current version is 1"),
+        "{body}"
+    );
 
     let fresh = app
         .request(Method::PUT, &path)
@@ -179,7 +185,10 @@ async fn conditional_read_headers_give_304() {
     let path = format!("Patient/{}", created["id"].as_str().unwrap());
 
     let response = app.get(&path).await;
-    let last_modified = response.headers()["last-modified"].to_str().unwrap().to_string();
+    let last_modified = response.headers()["last-modified"]
+        .to_str()
+        .unwrap()
+        .to_string();
 
     let same = app
         .request(Method::GET, &path)
@@ -266,8 +275,14 @@ async fn summary_and_elements_return_marked_subsets() {
     let path = format!("Patient/{}", created["id"].as_str().unwrap());
 
     let summary = json_with_status(app.get(&format!("{path}?_summary=true")).await, 200).await;
-    assert_eq!(summary["name"], created["name"], "name is a summary element");
-    assert!(summary.get("photo").is_none(), "photo is not in the summary");
+    assert_eq!(
+        summary["name"], created["name"],
+        "name is a summary element"
+    );
+    assert!(
+        summary.get("photo").is_none(),
+        "photo is not in the summary"
+    );
     assert!(summary.get("text").is_none());
     assert_eq!(summary["meta"]["tag"][0]["code"], "SUBSETTED");
 
@@ -343,7 +358,10 @@ async fn json_patch_updates_a_resource() {
     json_with_status(response, 400).await;
 
     let stored = json_with_status(app.get(&path).await, 200).await;
-    assert_eq!(stored["meta"]["versionId"], "2", "failed patches change nothing");
+    assert_eq!(
+        stored["meta"]["versionId"], "2",
+        "failed patches change nothing"
+    );
 
     let missing = app
         .request(Method::PATCH, "Observation/nope")
@@ -353,4 +371,21 @@ async fn json_patch_updates_a_resource() {
         .await
         .unwrap();
     json_with_status(missing, 404).await;
+}
+
+#[tokio::test]
+async fn stored_versions_survive_a_restart() {
+    let mut app = spawn_app().await;
+    let created = app.create(&patient("R1")).await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let mut changed = created.clone();
+    changed["gender"] = json!("female");
+    json_with_status(app.put(&format!("Patient/{id}"), &changed).await, 200).await;
+
+    app.restart().await;
+    let read = json_with_status(app.get(&format!("Patient/{id}")).await, 200).await;
+    assert_eq!(read["gender"], "female");
+    assert_eq!(read["meta"]["versionId"], "2");
+    let v1 = json_with_status(app.get(&format!("Patient/{id}/_history/1")).await, 200).await;
+    assert_eq!(v1["gender"], "male");
 }

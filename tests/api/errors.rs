@@ -21,10 +21,18 @@ async fn unknown_type_and_id_are_404() {
 #[tokio::test]
 async fn wrong_method_is_405() {
     let app = spawn_app().await;
-    let response = app.request(Method::DELETE, "metadata").send().await.unwrap();
+    let response = app
+        .request(Method::DELETE, "metadata")
+        .send()
+        .await
+        .unwrap();
     let body = json_with_status(response, 405).await;
     assert!(outcome_text(&body).contains("DELETE"));
-    let response = app.request(Method::POST, "Patient/123").send().await.unwrap();
+    let response = app
+        .request(Method::POST, "Patient/123")
+        .send()
+        .await
+        .unwrap();
     json_with_status(response, 405).await;
 }
 
@@ -98,5 +106,8 @@ async fn body_too_large_is_413() {
 async fn resource_type_must_match_the_url() {
     let app = spawn_app().await;
     let body = json_with_status(app.post("Observation", &patient("X")).await, 400).await;
-    assert!(outcome_text(&body).contains("URL is for Observation"), "{body}");
+    assert!(
+        outcome_text(&body).contains("URL is for Observation"),
+        "{body}"
+    );
 }

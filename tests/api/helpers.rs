@@ -70,7 +70,10 @@ impl TestApp {
     }
 
     pub async fn delete(&self, path: &str) -> Response {
-        self.request(Method::DELETE, path).send().await.expect("DELETE")
+        self.request(Method::DELETE, path)
+            .send()
+            .await
+            .expect("DELETE")
     }
 
     pub async fn send_json(&self, method: Method, path: &str, body: &Value) -> Response {
@@ -92,10 +95,16 @@ impl TestApp {
         body
     }
 
-    pub async fn stop(mut self) {
+    /// Stops the server gracefully and starts a new one on the same database.
+    pub async fn restart(&mut self) {
         if let Some(server) = self.server.take() {
             server.stop().await.expect("server stops");
         }
+        let server = server::start(ServeConfig::for_database(&self.database_url))
+            .await
+            .expect("server restarts");
+        self.base = server.base_url();
+        self.server = Some(server);
     }
 }
 
@@ -118,7 +127,10 @@ pub async fn json_with_status(response: Response, status: u16) -> Value {
 
 /// Asserts an OperationOutcome and returns its issues' diagnostics joined by newlines.
 pub fn outcome_text(body: &Value) -> String {
-    assert_eq!(body["resourceType"], "OperationOutcome", "not an OperationOutcome: {body}");
+    assert_eq!(
+        body["resourceType"], "OperationOutcome",
+        "not an OperationOutcome: {body}"
+    );
     body["issue"]
         .as_array()
         .expect("issues")

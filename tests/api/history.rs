@@ -25,11 +25,17 @@ async fn instance_history_lists_every_version_newest_first() {
         .map(|e| e["request"]["method"].as_str().unwrap())
         .collect();
     assert_eq!(methods, vec!["DELETE", "PUT", "POST"]);
-    assert!(entries[0].get("resource").is_none(), "a deletion has no resource");
+    assert!(
+        entries[0].get("resource").is_none(),
+        "a deletion has no resource"
+    );
     assert_eq!(entries[0]["response"]["etag"], "W/\"3\"");
     assert_eq!(entries[1]["resource"]["gender"], "female");
     assert_eq!(entries[2]["resource"]["meta"]["versionId"], "1");
-    assert_eq!(entries[2]["fullUrl"], format!("{}/Patient/{id}", app.base).as_str());
+    assert_eq!(
+        entries[2]["fullUrl"],
+        format!("{}/Patient/{id}", app.base).as_str()
+    );
 
     json_with_status(app.get("Patient/unknown/_history").await, 404).await;
 }
@@ -47,7 +53,10 @@ async fn type_and_system_history_cover_their_scope() {
     assert!(entries
         .iter()
         .all(|e| e["resource"]["resourceType"] == "Observation"));
-    assert_eq!(entries[0]["resource"]["valueQuantity"]["value"], 71, "newest first");
+    assert_eq!(
+        entries[0]["resource"]["valueQuantity"]["value"], 71,
+        "newest first"
+    );
 
     let system = json_with_status(app.get("_history").await, 200).await;
     assert_eq!(system["entry"].as_array().unwrap().len(), 3);
@@ -65,8 +74,11 @@ async fn since_filters_by_last_updated() {
     let since = second["meta"]["lastUpdated"].as_str().unwrap();
 
     let bundle = json_with_status(
-        app.get(&format!("Patient/_history?_since={}", since.replace('+', "%2B")))
-            .await,
+        app.get(&format!(
+            "Patient/_history?_since={}",
+            since.replace('+', "%2B")
+        ))
+        .await,
         200,
     )
     .await;

@@ -23,7 +23,16 @@ async fn capability_statement_lists_every_type_and_interaction() {
         .iter()
         .map(|i| i["code"].as_str().unwrap())
         .collect();
-    for code in ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create"] {
+    for code in [
+        "read",
+        "vread",
+        "update",
+        "patch",
+        "delete",
+        "history-instance",
+        "history-type",
+        "create",
+    ] {
         assert!(interactions.contains(&code), "missing {code}");
     }
     assert_eq!(observation["conditionalCreate"], true);

@@ -5,7 +5,12 @@ use super::helpers::*;
 #[tokio::test]
 async fn served_document_matches_the_committed_file() {
     let app = spawn_app().await;
-    let served = app.client.get(app.root("/openapi.json")).send().await.unwrap();
+    let served = app
+        .client
+        .get(app.root("/openapi.json"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(served.status(), 200);
     let served: serde_json::Value = served.json().await.unwrap();
     let committed: serde_json::Value = serde_json::from_str(
@@ -39,7 +44,8 @@ fn cli_prints_the_committed_document() {
         .expect("run fhirgate openapi");
     assert!(output.status.success());
     let committed =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json")).unwrap();
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json"))
+            .unwrap();
     assert!(
         String::from_utf8_lossy(&output.stdout) == committed,
         "openapi/openapi.json differs from `fhirgate openapi`; regenerate it"

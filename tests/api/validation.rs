@@ -46,7 +46,10 @@ async fn cardinality_and_json_types_are_checked() {
     let body = json_with_status(app.post("Patient", &patient).await, 400).await;
     let expressions = outcome_expressions(&body);
     for expected in ["Patient.gender", "Patient.name", "Patient.active"] {
-        assert!(expressions.iter().any(|e| e == expected), "{expected}: {body}");
+        assert!(
+            expressions.iter().any(|e| e == expected),
+            "{expected}: {body}"
+        );
     }
 }
 
@@ -56,7 +59,10 @@ async fn validate_operation_reports_without_storing() {
     let invalid = json!({"resourceType": "Observation", "status": "final"});
     let body = json_with_status(app.post("Observation/$validate", &invalid).await, 200).await;
     assert_eq!(body["issue"][0]["severity"], "error");
-    assert!(outcome_expressions(&body).contains(&"Observation.code".to_string()), "{body}");
+    assert!(
+        outcome_expressions(&body).contains(&"Observation.code".to_string()),
+        "{body}"
+    );
 
     let valid = heart_rate("Patient/x", 60);
     let body = json_with_status(app.post("Observation/$validate", &valid).await, 200).await;
