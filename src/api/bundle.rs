@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait};
+use sea_orm::ConnectionTrait;
 use serde_json::{json, Map, Value as Json};
 
 use super::extract::{BaseUrl, FhirJson, Prefer, ReturnPreference};
@@ -25,7 +25,7 @@ use crate::fhir::resource::{is_valid_id, ValidResource};
 use crate::store::matching::find_matches;
 use crate::store::repository::{self, new_id, WriteResult};
 use crate::store::time::instant;
-use crate::store::{versions, StoredResource};
+use crate::store::{versions, StoredResource, WriteTxn};
 
 /// Process a batch or transaction Bundle.
 #[utoipa::path(
@@ -377,7 +377,7 @@ enum EntryOutcome {
 }
 
 async fn run_transaction(
-    txn: &DatabaseTransaction,
+    txn: &WriteTxn<'_>,
     mut entries: Vec<Entry>,
     base: &BaseUrl,
 ) -> FhirResult<Vec<EntryResult>> {
@@ -409,7 +409,7 @@ async fn run_transaction(
 }
 
 async fn run_batch(
-    txn: &DatabaseTransaction,
+    txn: &WriteTxn<'_>,
     entries: Vec<FhirResult<Entry>>,
     base: &BaseUrl,
 ) -> FhirResult<Vec<EntryResult>> {
@@ -427,19 +427,16 @@ async fn run_batch(
     ready.sort_by_key(|e| (e.verb, e.index));
     for mut entry in ready {
         let index = entry.index;
-        // Each entry in its own savepoint: a failure undoes that entry only.
-        let savepoint = txn.begin().await?;
+        // Each entry in its own scope: a failure undoes that entry only.
+        txn.begin_scope().await;
         let mut ids = IdMap::default();
         let outcome = async {
-            assign_id(&savepoint, &mut entry, &mut ids).await?;
-            ids.rewrite(&savepoint, &mut entry).await?;
-            run_entry(&savepoint, entry, base).await
+            assign_id(txn, &mut entry, &mut ids).await?;
+            ids.rewrite(txn, &mut entry).await?;
+            run_entry(txn, entry, base).await
         }
         .await;
-        match outcome {
-            Ok(_) => savepoint.commit().await?,
-            Err(_) => savepoint.rollback().await?,
-        }
+        txn.end_scope(outcome.is_ok()).await?;
         results.push(EntryResult { index, outcome });
     }
     results.sort_by_key(|r| r.index);
@@ -630,11 +627,7 @@ fn replace_strings(
     }
 }
 
-async fn run_entry(
-    conn: &impl ConnectionTrait,
-    entry: Entry,
-    base: &BaseUrl,
-) -> FhirResult<EntryOutcome> {
+async fn run_entry(conn: &WriteTxn<'_>, entry: Entry, base: &BaseUrl) -> FhirResult<EntryOutcome> {
     let Entry {
         matched,
         verb,

@@ -6,39 +6,89 @@ use sea_orm::{ConnectionTrait, Value};
 use serde_json::Value as Json;
 
 use super::sql::statement;
+use super::write_txn::{Table, WriteTxn};
 use crate::error::FhirResult;
 use crate::search::extract::{extract, IndexEntry};
 
-/// The index tables, each with the columns that follow `resource_type, resource_id, param`.
-const TABLES: &[(&str, &[&str])] = &[
-    (
-        "search_token",
-        &["system", "code", "display", "type_system", "type_code"],
-    ),
-    ("search_string", &["normalized", "exact"]),
-    ("search_date", &["low", "high"]),
-    (
-        "search_reference",
-        &["target_type", "target_id", "version", "url"],
-    ),
-    ("search_number", &["value", "low", "high"]),
-    (
-        "search_quantity",
-        &["value", "low", "high", "system", "code", "unit"],
-    ),
-    ("search_uri", &["value"]),
+/// The index tables. Every one starts with `resource_type, resource_id, param`.
+pub static TABLES: [Table; 7] = [
+    Table {
+        name: "search_token",
+        columns: &[
+            "resource_type",
+            "resource_id",
+            "param",
+            "system",
+            "code",
+            "display",
+            "type_system",
+            "type_code",
+        ],
+    },
+    Table {
+        name: "search_string",
+        columns: &[
+            "resource_type",
+            "resource_id",
+            "param",
+            "normalized",
+            "exact",
+        ],
+    },
+    Table {
+        name: "search_date",
+        columns: &["resource_type", "resource_id", "param", "low", "high"],
+    },
+    Table {
+        name: "search_reference",
+        columns: &[
+            "resource_type",
+            "resource_id",
+            "param",
+            "target_type",
+            "target_id",
+            "version",
+            "url",
+        ],
+    },
+    Table {
+        name: "search_number",
+        columns: &[
+            "resource_type",
+            "resource_id",
+            "param",
+            "value",
+            "low",
+            "high",
+        ],
+    },
+    Table {
+        name: "search_quantity",
+        columns: &[
+            "resource_type",
+            "resource_id",
+            "param",
+            "value",
+            "low",
+            "high",
+            "system",
+            "code",
+            "unit",
+        ],
+    },
+    Table {
+        name: "search_uri",
+        columns: &["resource_type", "resource_id", "param", "value"],
+    },
 ];
 
 /// Parameters served from the `resources` table itself, not indexed again.
 const FROM_RESOURCE_ROW: &[&str] = &["_id", "_lastUpdated"];
 
-/// Rows per INSERT: keeps the bind count well below SQLite's limit of 32,766.
-const ROWS_PER_INSERT: usize = 400;
-
 /// Replaces the index rows of `resource_type/id` with those of `content` (none for a
 /// deletion). `existed` is false for a brand-new resource, which has no rows to remove.
 pub async fn reindex(
-    conn: &impl ConnectionTrait,
+    conn: &WriteTxn<'_>,
     resource_type: &str,
     id: &str,
     content: Option<&Json>,
@@ -46,10 +96,13 @@ pub async fn reindex(
 ) -> FhirResult<()> {
     let backend = conn.get_database_backend();
     if existed {
-        for (table, _) in TABLES {
+        for table in &TABLES {
             conn.execute_raw(statement(
                 backend,
-                &format!("DELETE FROM {table} WHERE resource_type = ? AND resource_id = ?"),
+                &format!(
+                    "DELETE FROM {} WHERE resource_type = ? AND resource_id = ?",
+                    table.name
+                ),
                 vec![resource_type.into(), id.into()],
             ))
             .await?;
@@ -58,32 +111,16 @@ pub async fn reindex(
     let Some(content) = content else {
         return Ok(());
     };
-    let mut rows: Vec<Vec<Vec<Value>>> = vec![Vec::new(); TABLES.len()];
     for entry in extract(content) {
         if FROM_RESOURCE_ROW.contains(&entry.param()) {
             continue;
         }
-        if let Some((table, values)) = row_of(entry) {
-            rows[table].push(values);
-        }
-    }
-    for (table_index, table_rows) in rows.into_iter().enumerate() {
-        let (table, columns) = TABLES[table_index];
-        for chunk in table_rows.chunks(ROWS_PER_INSERT) {
-            let width = 3 + columns.len();
-            let placeholders = format!("({})", vec!["?"; width].join(", "));
-            let sql = format!(
-                "INSERT INTO {table} (resource_type, resource_id, param, {}) VALUES {}",
-                columns.join(", "),
-                vec![placeholders.as_str(); chunk.len()].join(", ")
-            );
-            let mut values = Vec::with_capacity(chunk.len() * width);
-            for row in chunk {
-                values.push(resource_type.into());
-                values.push(id.into());
-                values.extend(row.iter().cloned());
-            }
-            conn.execute_raw(statement(backend, &sql, values)).await?;
+        if let Some((table, row)) = row_of(entry) {
+            let mut values = Vec::with_capacity(row.len() + 2);
+            values.push(resource_type.into());
+            values.push(id.into());
+            values.extend(row);
+            conn.defer(&TABLES[table], values).await;
         }
     }
     Ok(())

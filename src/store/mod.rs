@@ -10,12 +10,14 @@ pub mod repository;
 pub mod sql;
 pub mod time;
 pub mod versions;
+pub mod write_txn;
 pub mod writer;
 
 use sea_orm::{DatabaseConnection, DbBackend};
 
 use crate::error::FhirResult;
 pub use versions::{HistoryEntry, HistoryPage, HistoryScope, StoredResource};
+pub use write_txn::WriteTxn;
 pub use writer::Writer;
 
 /// The storage handle shared by all request handlers.

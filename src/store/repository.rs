@@ -3,12 +3,12 @@
 //! all call these, so validation, versioning and indexing cannot be bypassed.
 
 use axum::http::StatusCode;
-use sea_orm::ConnectionTrait;
 use serde_json::Value as Json;
 
 use super::matching::{find_matches, Match};
 use super::time::now_micros;
 use super::versions::{self, current_version, write_version, Method, StoredResource};
+use super::write_txn::WriteTxn;
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::outcome::IssueCode;
 use crate::fhir::resource::ValidResource;
@@ -40,7 +40,7 @@ impl WriteResult {
 /// `POST [type]`, optionally conditional (`If-None-Exist`). A client `id` is ignored:
 /// the server assigns ids on create.
 pub async fn create(
-    conn: &impl ConnectionTrait,
+    conn: &WriteTxn<'_>,
     resource: ValidResource,
     if_none_exist: Option<&str>,
 ) -> FhirResult<WriteResult> {
@@ -64,7 +64,7 @@ pub async fn create(
 
 /// Stores `resource` as version 1 under `id` (a new resource).
 pub async fn create_with_id(
-    conn: &impl ConnectionTrait,
+    conn: &WriteTxn<'_>,
     resource: ValidResource,
     id: &str,
 ) -> FhirResult<WriteResult> {
@@ -85,7 +85,7 @@ pub async fn create_with_id(
 
 /// `PUT [type]/[id]`: update, or create with the client's id when it does not exist.
 pub async fn update(
-    conn: &impl ConnectionTrait,
+    conn: &WriteTxn<'_>,
     resource: ValidResource,
     id: &str,
     if_match: Option<i64>,
@@ -130,7 +130,7 @@ pub async fn update(
 
 /// `PUT [type]?criteria`: update the one match, create when nothing matches.
 pub async fn conditional_update(
-    conn: &impl ConnectionTrait,
+    conn: &WriteTxn<'_>,
     resource: ValidResource,
     criteria: &str,
     if_match: Option<i64>,
@@ -162,7 +162,7 @@ pub async fn conditional_update(
 
 /// `PATCH [type]/[id]` with a JSON Patch document.
 pub async fn patch(
-    conn: &impl ConnectionTrait,
+    conn: &WriteTxn<'_>,
     resource_type: &str,
     id: &str,
     patch: &json_patch::Patch,
@@ -221,7 +221,7 @@ pub async fn patch(
 /// `DELETE [type]/[id]`: writes a tombstone version. Deleting what is already deleted
 /// changes nothing.
 pub async fn delete(
-    conn: &impl ConnectionTrait,
+    conn: &WriteTxn<'_>,
     resource_type: &str,
     id: &str,
     if_match: Option<i64>,
@@ -258,7 +258,7 @@ pub async fn delete(
 /// `DELETE [type]?criteria`: deletes the one match; nothing to do when none matches;
 /// 412 when several match (conditionalDelete = single).
 pub async fn conditional_delete(
-    conn: &impl ConnectionTrait,
+    conn: &WriteTxn<'_>,
     resource_type: &str,
     criteria: &str,
 ) -> FhirResult<WriteResult> {

@@ -5,6 +5,7 @@ use serde_json::Value as Json;
 
 use super::sql::{json_value, statement};
 use super::time::instant;
+use super::write_txn::{Table, WriteTxn};
 use crate::error::{FhirError, FhirResult};
 
 /// One stored version of a resource.
@@ -146,11 +147,38 @@ pub async fn current_version(
     }
 }
 
+/// The current version of each resource.
+pub static RESOURCES: Table = Table {
+    name: "resources",
+    columns: &[
+        "resource_type",
+        "id",
+        "version_id",
+        "last_updated",
+        "deleted",
+        "content",
+    ],
+};
+
+/// Every version ever written.
+pub static RESOURCE_VERSIONS: Table = Table {
+    name: "resource_versions",
+    columns: &[
+        "resource_type",
+        "id",
+        "version_id",
+        "last_updated",
+        "method",
+        "deleted",
+        "content",
+    ],
+};
+
 /// Writes a new version of a resource: `previous` is the current version number
 /// (`None` when the resource never existed). `content` must already carry `id`; this
-/// sets `meta.versionId` and `meta.lastUpdated`.
+/// sets `meta.versionId` and `meta.lastUpdated` and rewrites the search index.
 pub async fn write_version(
-    conn: &impl ConnectionTrait,
+    conn: &WriteTxn<'_>,
     resource_type: &str,
     id: &str,
     previous: Option<i64>,
@@ -168,31 +196,39 @@ pub async fn write_version(
         Some(resource) => json_value(backend, resource),
         None => null_json(backend),
     };
-    let current_sql = if previous.is_some() {
-        "UPDATE resources SET version_id = ?, last_updated = ?, deleted = ?, content = ? \
-         WHERE resource_type = ? AND id = ?"
+    if previous.is_some() {
+        conn.execute_raw(statement(
+            backend,
+            "UPDATE resources SET version_id = ?, last_updated = ?, deleted = ?, content = ? \
+             WHERE resource_type = ? AND id = ?",
+            vec![
+                version_id.into(),
+                last_updated.into(),
+                deleted.into(),
+                body.clone(),
+                resource_type.into(),
+                id.into(),
+            ],
+        ))
+        .await?;
     } else {
-        "INSERT INTO resources (version_id, last_updated, deleted, content, resource_type, id) \
-         VALUES (?, ?, ?, ?, ?, ?)"
-    };
-    conn.execute_raw(statement(
-        backend,
-        current_sql,
-        vec![
-            version_id.into(),
-            last_updated.into(),
-            deleted.into(),
-            body.clone(),
-            resource_type.into(),
-            id.into(),
-        ],
-    ))
-    .await?;
-    conn.execute_raw(statement(
-        backend,
-        "INSERT INTO resource_versions \
-         (resource_type, id, version_id, last_updated, method, deleted, content) \
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
+        // A new resource: nothing reads this row back within the job, so it can travel
+        // with the other deferred inserts.
+        conn.defer(
+            &RESOURCES,
+            vec![
+                resource_type.into(),
+                id.into(),
+                version_id.into(),
+                last_updated.into(),
+                deleted.into(),
+                body.clone(),
+            ],
+        )
+        .await;
+    }
+    conn.defer(
+        &RESOURCE_VERSIONS,
         vec![
             resource_type.into(),
             id.into(),
@@ -202,8 +238,8 @@ pub async fn write_version(
             deleted.into(),
             body,
         ],
-    ))
-    .await?;
+    )
+    .await;
     super::index::reindex(
         conn,
         resource_type,

@@ -3,24 +3,26 @@
 //!
 //! With durable commits each commit costs an fsync; a device fleet sends many small
 //! writes at once, so sharing one commit between them is what keeps throughput high
-//! without weakening durability. Each job runs inside its own savepoint, so a job that
-//! fails (a validation conflict, a failed transaction Bundle) is rolled back alone and the
-//! others still commit. A job's caller is answered only after the shared commit succeeded.
+//! without weakening durability. Each job runs in its own scope of a [`WriteTxn`] (a
+//! savepoint when it needs one), so a job that fails (a version conflict, a failed
+//! transaction Bundle) is rolled back alone and the others still commit. A job's caller
+//! is answered only after the shared commit succeeded.
 
 use std::panic::AssertUnwindSafe;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
+use sea_orm::{DatabaseConnection, TransactionTrait};
 use tokio::sync::{mpsc, oneshot};
 
+use super::write_txn::WriteTxn;
 use crate::error::{FhirError, FhirResult};
 
 /// Most jobs packed into one commit; bounds the latency one commit adds to its jobs.
 const MAX_JOBS_PER_COMMIT: usize = 256;
 
 type Finish = Box<dyn FnOnce(FhirResult<()>) + Send>;
-type Job = Box<dyn for<'a> FnOnce(&'a DatabaseTransaction) -> BoxFuture<'a, (bool, Finish)> + Send>;
+type Job = Box<dyn for<'a> FnOnce(&'a WriteTxn<'a>) -> BoxFuture<'a, (bool, Finish)> + Send>;
 
 #[derive(Clone)]
 pub struct Writer {
@@ -40,7 +42,7 @@ impl Writer {
     pub async fn write<T, F>(&self, work: F) -> FhirResult<T>
     where
         T: Send + 'static,
-        F: for<'a> FnOnce(&'a DatabaseTransaction) -> BoxFuture<'a, FhirResult<T>> + Send + 'static,
+        F: for<'a> FnOnce(&'a WriteTxn<'a>) -> BoxFuture<'a, FhirResult<T>> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel::<FhirResult<T>>();
         let job: Job = Box::new(move |txn| {
@@ -91,34 +93,29 @@ async fn commit_batch(db: &DatabaseConnection, batch: &mut Vec<Job>) {
         }
     };
     let mut finishes: Vec<(FhirResult<()>, Finish)> = Vec::with_capacity(batch.len());
-    if batch.len() == 1 {
-        // Alone in its commit: no savepoint needed, a failure rolls back the transaction.
-        let job = batch.pop().expect("one job");
-        let (ok, finish) = job(&txn).await;
-        if !ok {
-            let _ = txn.rollback().await;
-            finish(Ok(()));
-            return;
+    let write_txn = WriteTxn::new(&txn);
+    let mut broken: Option<FhirError> = None;
+    for job in batch.drain(..) {
+        write_txn.begin_scope().await;
+        let (ok, finish) = job(&write_txn).await;
+        if let Err(err) = write_txn.end_scope(ok).await {
+            // The transaction cannot be trusted any more: nothing of this batch commits.
+            broken.get_or_insert(FhirError::from(err));
         }
         finishes.push((Ok(()), finish));
-    } else {
-        for job in batch.drain(..) {
-            let savepoint = match txn.begin().await {
-                Ok(savepoint) => savepoint,
-                Err(err) => {
-                    tracing::error!("cannot open a savepoint: {err}");
-                    drop(job);
-                    continue;
-                }
-            };
-            let (ok, finish) = job(&savepoint).await;
-            let status = if ok {
-                savepoint.commit().await.map_err(FhirError::from)
-            } else {
-                savepoint.rollback().await.map_err(FhirError::from)
-            };
-            finishes.push((status, finish));
+    }
+    if broken.is_none() {
+        if let Err(err) = write_txn.flush().await {
+            broken = Some(FhirError::from(err));
         }
+    }
+    drop(write_txn);
+    if let Some(err) = broken {
+        let _ = txn.rollback().await;
+        for (_, finish) in finishes {
+            finish(Err(err.clone()));
+        }
+        return;
     }
     let committed = txn.commit().await.map_err(FhirError::from);
     for (status, finish) in finishes {

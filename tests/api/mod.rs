@@ -1,5 +1,6 @@
 mod bundle;
 mod cli;
+mod concurrency;
 mod conditional;
 mod conformance;
 mod crud;

@@ -1,0 +1,219 @@
+//! `WriteTxn`: the transaction a write job runs in, with deferred multi-row inserts.
+//!
+//! Most rows a write produces (the new version, its search index rows) are inserts that
+//! nothing in the same job reads back. Sending each as its own statement costs a round
+//! trip to the database for every row group, which dominates the cost of small writes.
+//! `WriteTxn` collects such rows with [`WriteTxn::defer`] and sends them as multi-row
+//! INSERTs: at the end of the shared commit, or earlier, just before any other statement
+//! runs, so every statement still sees every row written before it.
+//!
+//! Each job runs in a *scope*. A scope becomes a real SAVEPOINT only when it must (when it
+//! runs a statement that changes data, or when deferred rows have to be sent while it is
+//! open). When a job fails, its savepoint (if any) is rolled back and its deferred rows are
+//! dropped, so a failed job leaves no trace while the jobs around it still commit. A plain
+//! create therefore costs no statement of its own at all.
+
+use sea_orm::{
+    ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, ExecResult, QueryResult, Statement,
+    Value,
+};
+use tokio::sync::Mutex;
+
+use super::sql::statement;
+
+/// A table receiving deferred rows, with its columns in bind order.
+#[derive(Debug)]
+pub struct Table {
+    pub name: &'static str,
+    pub columns: &'static [&'static str],
+}
+
+/// Bind values per INSERT, below SQLite's limit of 32,766 and PostgreSQL's 65,535.
+const MAX_BINDS: usize = 30_000;
+
+pub struct WriteTxn<'a> {
+    txn: &'a DatabaseTransaction,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    pending: Vec<(&'static Table, Vec<Value>)>,
+    scopes: Vec<Scope>,
+    savepoints_made: u64,
+}
+
+struct Scope {
+    /// `pending` rows before this index belong to the enclosing scopes.
+    mark: usize,
+    savepoint: Option<String>,
+}
+
+impl<'a> WriteTxn<'a> {
+    pub fn new(txn: &'a DatabaseTransaction) -> Self {
+        WriteTxn {
+            txn,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Queues a row for a multi-row INSERT into `table`.
+    pub async fn defer(&self, table: &'static Table, values: Vec<Value>) {
+        debug_assert_eq!(values.len(), table.columns.len());
+        self.state.lock().await.pending.push((table, values));
+    }
+
+    /// Opens a scope: what happens until [`WriteTxn::end_scope`] can be undone alone.
+    pub async fn begin_scope(&self) {
+        let mut state = self.state.lock().await;
+        let mark = state.pending.len();
+        state.scopes.push(Scope {
+            mark,
+            savepoint: None,
+        });
+    }
+
+    /// Closes the innermost scope, keeping (`keep`) or undoing what it did.
+    pub async fn end_scope(&self, keep: bool) -> Result<(), DbErr> {
+        let mut state = self.state.lock().await;
+        let Some(scope) = state.scopes.pop() else {
+            return Ok(());
+        };
+        if !keep {
+            state.pending.truncate(scope.mark);
+        }
+        if let Some(name) = scope.savepoint {
+            if !keep {
+                self.txn
+                    .execute_unprepared(&format!("ROLLBACK TO SAVEPOINT {name}"))
+                    .await?;
+            }
+            self.txn
+                .execute_unprepared(&format!("RELEASE SAVEPOINT {name}"))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Sends every deferred row; used before the commit.
+    pub async fn flush(&self) -> Result<(), DbErr> {
+        let mut state = self.state.lock().await;
+        self.settle(&mut state).await
+    }
+
+    /// Makes the database reflect everything done so far: opens the savepoints of the
+    /// open scopes (outermost first) and sends each scope's deferred rows inside its own
+    /// savepoint, so undoing a scope later also undoes its rows.
+    async fn settle(&self, state: &mut State) -> Result<(), DbErr> {
+        for level in 0..state.scopes.len() {
+            if state.scopes[level].savepoint.is_some() {
+                continue;
+            }
+            // Rows before this scope's mark belong to the enclosing scope (already open).
+            let mark = state.scopes[level].mark;
+            let owned: Vec<_> = state.pending.drain(..mark).collect();
+            self.insert_rows(owned).await?;
+            for scope in state.scopes.iter_mut() {
+                scope.mark -= mark.min(scope.mark);
+            }
+            state.savepoints_made += 1;
+            let name = format!("fhirgate_{}", state.savepoints_made);
+            self.txn
+                .execute_unprepared(&format!("SAVEPOINT {name}"))
+                .await?;
+            state.scopes[level].savepoint = Some(name);
+        }
+        let rows: Vec<_> = state.pending.drain(..).collect();
+        for scope in state.scopes.iter_mut() {
+            scope.mark = 0;
+        }
+        self.insert_rows(rows).await
+    }
+
+    /// A read changes nothing, so it needs a savepoint only when deferred rows must be sent
+    /// first — except on PostgreSQL, where any failed statement aborts the whole
+    /// transaction unless a savepoint contains it.
+    fn read_needs_settling(&self, state: &State) -> bool {
+        !state.pending.is_empty()
+            || (self.txn.get_database_backend() == DbBackend::Postgres
+                && state.scopes.iter().any(|s| s.savepoint.is_none()))
+    }
+
+    /// Multi-row INSERTs, one per table and chunk.
+    async fn insert_rows(&self, rows: Vec<(&'static Table, Vec<Value>)>) -> Result<(), DbErr> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let backend = self.txn.get_database_backend();
+        let mut tables: Vec<&'static Table> = Vec::new();
+        for (table, _) in &rows {
+            if !tables.iter().any(|t| std::ptr::eq(*t, *table)) {
+                tables.push(table);
+            }
+        }
+        let mut rows: Vec<Option<(&'static Table, Vec<Value>)>> =
+            rows.into_iter().map(Some).collect();
+        for table in tables {
+            let of_table: Vec<Vec<Value>> = rows
+                .iter_mut()
+                .filter(|r| r.as_ref().is_some_and(|(t, _)| std::ptr::eq(*t, table)))
+                .filter_map(|r| r.take().map(|(_, values)| values))
+                .collect();
+            let per_insert = (MAX_BINDS / table.columns.len()).max(1);
+            for chunk in of_table.chunks(per_insert) {
+                self.txn
+                    .execute_raw(insert_statement(backend, table, chunk))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn insert_statement(backend: DbBackend, table: &Table, rows: &[Vec<Value>]) -> Statement {
+    let row = format!("({})", vec!["?"; table.columns.len()].join(", "));
+    let sql = format!(
+        "INSERT INTO {} ({}) VALUES {}",
+        table.name,
+        table.columns.join(", "),
+        vec![row.as_str(); rows.len()].join(", ")
+    );
+    let values = rows.iter().flat_map(|r| r.iter().cloned()).collect();
+    statement(backend, &sql, values)
+}
+
+/// Every statement first settles the deferred rows, so it sees all earlier writes.
+#[async_trait::async_trait]
+impl ConnectionTrait for WriteTxn<'_> {
+    fn get_database_backend(&self) -> DbBackend {
+        self.txn.get_database_backend()
+    }
+
+    async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
+        let mut state = self.state.lock().await;
+        self.settle(&mut state).await?;
+        self.txn.execute_raw(stmt).await
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        let mut state = self.state.lock().await;
+        self.settle(&mut state).await?;
+        self.txn.execute_unprepared(sql).await
+    }
+
+    async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+        let mut state = self.state.lock().await;
+        if self.read_needs_settling(&state) {
+            self.settle(&mut state).await?;
+        }
+        self.txn.query_one_raw(stmt).await
+    }
+
+    async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        let mut state = self.state.lock().await;
+        if self.read_needs_settling(&state) {
+            self.settle(&mut state).await?;
+        }
+        self.txn.query_all_raw(stmt).await
+    }
+}
