@@ -18,6 +18,11 @@ use migrations::{Migrator, MigratorTrait};
 /// never wait for the writer. Throughput comes from grouping writes into shared commits
 /// (see `store::writer`), not from weakening durability.
 pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
+    connect_pool(url, if is_sqlite(url) { 8 } else { 16 }).await
+}
+
+/// [`connect`] with a given pool size (the writer uses a pool of one).
+pub async fn connect_pool(url: &str, max_connections: u32) -> Result<DatabaseConnection, DbErr> {
     let mut options = ConnectOptions::new(url.to_string());
     options
         .sqlx_logging(false)
@@ -39,7 +44,7 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
         SqliteConnectOptions::from_str(url)
             .map_err(|e| DbErr::Custom(format!("invalid SQLite URL {url:?}: {e}")))?;
         options
-            .max_connections(8)
+            .max_connections(max_connections)
             .min_connections(1)
             .map_sqlx_sqlite_opts(|o| {
                 o.create_if_missing(true)
@@ -49,7 +54,17 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
                     .foreign_keys(true)
             });
     } else {
-        options.max_connections(16).min_connections(1);
+        options
+            .max_connections(max_connections)
+            .min_connections(1)
+            .map_sqlx_postgres_pool_opts(|pool| {
+                pool.after_connect(|_, _| {
+                    Box::pin(async {
+                        disable_nagle_on_tcp_sockets();
+                        Ok(())
+                    })
+                })
+            });
     }
     Database::connect(options).await
 }
@@ -66,6 +81,61 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
         return txn.commit().await;
     }
     Migrator::up(db, None).await
+}
+
+/// sqlx 0.9.0 stopped disabling Nagle's algorithm on its TCP sockets (sqlx issue #4335;
+/// fixed upstream but not released yet). Every statement larger than the driver's write
+/// chunk then waits 40 ms for PostgreSQL's delayed ACK, which caps write throughput at a
+/// few hundred resources per second. Until a release carries the fix, each new database
+/// connection sets TCP_NODELAY on the process's TCP sockets (harmless for the others).
+fn disable_nagle_on_tcp_sockets() {
+    #[cfg(target_os = "linux")]
+    {
+        let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            if is_tcp_socket(fd) {
+                let on: libc::c_int = 1;
+                // SAFETY: plain setsockopt on a descriptor that getsockopt just confirmed to
+                // be a TCP socket; a descriptor closed meanwhile makes it fail harmlessly.
+                unsafe {
+                    libc::setsockopt(
+                        fd,
+                        libc::IPPROTO_TCP,
+                        libc::TCP_NODELAY,
+                        &on as *const libc::c_int as *const libc::c_void,
+                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn is_tcp_socket(fd: i32) -> bool {
+    let option = |name: libc::c_int| -> Option<libc::c_int> {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `value`; on a descriptor that
+        // is not a socket it fails with ENOTSOCK.
+        let result = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                name,
+                &mut value as *mut libc::c_int as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        (result == 0).then_some(value)
+    };
+    option(libc::SO_TYPE) == Some(libc::SOCK_STREAM)
+        && matches!(option(libc::SO_DOMAIN), Some(libc::AF_INET | libc::AF_INET6))
 }
 
 pub fn is_sqlite(url: &str) -> bool {

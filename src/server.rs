@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -75,14 +76,19 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, StartError> {
         addr: config.listen.clone(),
         source,
     })?;
+    let store = Store::open(connection, &config.database_url).await?;
     let state = AppState {
-        store: Store::new(connection),
+        store,
         config: Arc::new(config),
         capability: Arc::new(api::metadata::capability_statement()),
     };
     let app = api::app(state);
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
+        // Responses go out as soon as they are written (no Nagle delay).
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
                 let _ = stopped.await;

@@ -28,9 +28,11 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn new(db: DatabaseConnection) -> Self {
-        let writer = Writer::start(db.clone());
-        Store { db, writer }
+    /// Opens the store: `db` serves reads, the writer opens its own connection to
+    /// `database_url`.
+    pub async fn open(db: DatabaseConnection, database_url: &str) -> Result<Self, sea_orm::DbErr> {
+        let writer = Writer::start(database_url).await?;
+        Ok(Store { db, writer })
     }
 
     pub fn connection(&self) -> &DatabaseConnection {

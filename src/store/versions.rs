@@ -151,12 +151,12 @@ pub async fn current_version(
 pub static RESOURCES: Table = Table {
     name: "resources",
     columns: &[
-        "resource_type",
-        "id",
-        "version_id",
-        "last_updated",
-        "deleted",
-        "content",
+        ("resource_type", "text"),
+        ("id", "text"),
+        ("version_id", "bigint"),
+        ("last_updated", "bigint"),
+        ("deleted", "boolean"),
+        ("content", "jsonb"),
     ],
 };
 
@@ -164,13 +164,13 @@ pub static RESOURCES: Table = Table {
 pub static RESOURCE_VERSIONS: Table = Table {
     name: "resource_versions",
     columns: &[
-        "resource_type",
-        "id",
-        "version_id",
-        "last_updated",
-        "method",
-        "deleted",
-        "content",
+        ("resource_type", "text"),
+        ("id", "text"),
+        ("version_id", "bigint"),
+        ("last_updated", "bigint"),
+        ("method", "text"),
+        ("deleted", "boolean"),
+        ("content", "jsonb"),
     ],
 };
 

@@ -21,14 +21,15 @@ use tokio::sync::Mutex;
 
 use super::sql::statement;
 
-/// A table receiving deferred rows, with its columns in bind order.
+/// A table receiving deferred rows, with its columns in bind order and their PostgreSQL
+/// types.
 #[derive(Debug)]
 pub struct Table {
     pub name: &'static str,
-    pub columns: &'static [&'static str],
+    pub columns: &'static [(&'static str, &'static str)],
 }
 
-/// Bind values per INSERT, below SQLite's limit of 32,766 and PostgreSQL's 65,535.
+/// Bind values per INSERT on SQLite, below its limit of 32,766.
 const MAX_BINDS: usize = 30_000;
 
 pub struct WriteTxn<'a> {
@@ -159,27 +160,104 @@ impl<'a> WriteTxn<'a> {
                 .filter(|r| r.as_ref().is_some_and(|(t, _)| std::ptr::eq(*t, table)))
                 .filter_map(|r| r.take().map(|(_, values)| values))
                 .collect();
-            let per_insert = (MAX_BINDS / table.columns.len()).max(1);
-            for chunk in of_table.chunks(per_insert) {
-                self.txn
-                    .execute_raw(insert_statement(backend, table, chunk))
-                    .await?;
+            if backend == DbBackend::Postgres {
+                for records in postgres_chunks(table, &of_table) {
+                    self.txn
+                        .execute_raw(postgres_insert(table, records))
+                        .await?;
+                }
+            } else {
+                let per_insert = (MAX_BINDS / table.columns.len()).max(1);
+                for chunk in of_table.chunks(per_insert) {
+                    self.txn
+                        .execute_raw(sqlite_insert(table, chunk))
+                        .await?;
+                }
             }
         }
         Ok(())
     }
 }
 
-fn insert_statement(backend: DbBackend, table: &Table, rows: &[Vec<Value>]) -> Statement {
-    let row = format!("({})", vec!["?"; table.columns.len()].join(", "));
+/// Most bytes of rows sent in one PostgreSQL INSERT, so one statement stays a modest
+/// message however many jobs share the commit.
+const MAX_POSTGRES_MESSAGE: usize = 256 * 1024;
+
+/// The rows of `table` as JSON arrays of records, each array below the message size.
+fn postgres_chunks(table: &Table, rows: &[Vec<Value>]) -> Vec<String> {
+    let mut chunks = Vec::new();
+    let mut current = String::from("[");
+    for row in rows {
+        let record = serde_json::Value::Object(
+            table
+                .columns
+                .iter()
+                .zip(row)
+                .map(|((name, _), value)| (name.to_string(), value_to_json(value)))
+                .collect(),
+        )
+        .to_string();
+        if current.len() > 1 && current.len() + record.len() > MAX_POSTGRES_MESSAGE {
+            current.push(']');
+            chunks.push(std::mem::replace(&mut current, String::from("[")));
+        }
+        if current.len() > 1 {
+            current.push(',');
+        }
+        current.push_str(&record);
+    }
+    if current.len() > 1 {
+        current.push(']');
+        chunks.push(current);
+    }
+    chunks
+}
+
+/// One JSON parameter instead of one per value: the SQL text is the same for any number
+/// of rows, so PostgreSQL prepares it once and never plans a statement with thousands of
+/// parameters.
+fn postgres_insert(table: &Table, records: String) -> Statement {
+    let names: Vec<&str> = table.columns.iter().map(|(name, _)| *name).collect();
+    let record_type: Vec<String> = table
+        .columns
+        .iter()
+        .map(|(name, pg_type)| format!("{name} {pg_type}"))
+        .collect();
+    let sql = format!(
+        "INSERT INTO {} ({}) SELECT {} FROM jsonb_to_recordset(CAST(? AS jsonb)) AS x({})",
+        table.name,
+        names.join(", "),
+        names.join(", "),
+        record_type.join(", ")
+    );
+    statement(DbBackend::Postgres, &sql, vec![Value::String(Some(records))])
+}
+
+fn sqlite_insert(table: &Table, rows: &[Vec<Value>]) -> Statement {
+    let names: Vec<&str> = table.columns.iter().map(|(name, _)| *name).collect();
+    let row = format!("({})", vec!["?"; names.len()].join(", "));
     let sql = format!(
         "INSERT INTO {} ({}) VALUES {}",
         table.name,
-        table.columns.join(", "),
+        names.join(", "),
         vec![row.as_str(); rows.len()].join(", ")
     );
     let values = rows.iter().flat_map(|r| r.iter().cloned()).collect();
-    statement(backend, &sql, values)
+    statement(DbBackend::Sqlite, &sql, values)
+}
+
+/// A bind value as JSON, for `jsonb_to_recordset`.
+fn value_to_json(value: &Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match value {
+        Value::String(Some(text)) => J::String(text.clone()),
+        Value::BigInt(Some(n)) => J::from(*n),
+        Value::Int(Some(n)) => J::from(*n),
+        Value::Bool(Some(b)) => J::Bool(*b),
+        Value::Double(Some(x)) => serde_json::Number::from_f64(*x).map_or(J::Null, J::Number),
+        Value::Json(Some(json)) => (**json).clone(),
+        _ => J::Null,
+    }
 }
 
 /// Every statement first settles the deferred rows, so it sees all earlier writes.

@@ -12,7 +12,7 @@ use std::panic::AssertUnwindSafe;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use sea_orm::{DatabaseConnection, TransactionTrait};
+use sea_orm::{DatabaseConnection, DbErr, TransactionTrait};
 use tokio::sync::{mpsc, oneshot};
 
 use super::write_txn::WriteTxn;
@@ -30,10 +30,48 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn start(db: DatabaseConnection) -> Writer {
+    /// Starts the writer on a thread of its own, with its own runtime and connection.
+    ///
+    /// Its statements then never queue behind request handlers for a turn on the shared
+    /// runtime: with dozens of clients, each of the ten or so round trips of a commit
+    /// would otherwise wait for every busy handler, and commits would slow to a crawl.
+    pub async fn start(database_url: &str) -> Result<Writer, DbErr> {
         let (jobs, queue) = mpsc::channel(4096);
-        tokio::spawn(run(db, queue));
-        Writer { jobs }
+        let (ready, started) = oneshot::channel::<Result<(), DbErr>>();
+        let url = database_url.to_string();
+        std::thread::Builder::new()
+            .name("fhirgate-writer".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(err) => {
+                        let _ = ready.send(Err(DbErr::Custom(format!(
+                            "cannot start the writer runtime: {err}"
+                        ))));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    match crate::db::connect_pool(&url, 1).await {
+                        Ok(db) => {
+                            let _ = ready.send(Ok(()));
+                            run(db.clone(), queue).await;
+                            let _ = db.close().await;
+                        }
+                        Err(err) => {
+                            let _ = ready.send(Err(err));
+                        }
+                    }
+                });
+            })
+            .map_err(|e| DbErr::Custom(format!("cannot start the writer thread: {e}")))?;
+        started
+            .await
+            .map_err(|_| DbErr::Custom("the writer thread stopped".into()))??;
+        Ok(Writer { jobs })
     }
 
     /// Runs `work` inside a database transaction shared with other concurrent writes and
@@ -83,6 +121,8 @@ async fn run(db: DatabaseConnection, mut queue: mpsc::Receiver<Job>) {
 }
 
 async fn commit_batch(db: &DatabaseConnection, batch: &mut Vec<Job>) {
+    let started = std::time::Instant::now();
+    let jobs = batch.len();
     let txn = match db.begin().await {
         Ok(txn) => txn,
         Err(err) => {
@@ -117,7 +157,14 @@ async fn commit_batch(db: &DatabaseConnection, batch: &mut Vec<Job>) {
         }
         return;
     }
+    let ran = started.elapsed();
     let committed = txn.commit().await.map_err(FhirError::from);
+    tracing::debug!(
+        jobs,
+        run_us = ran.as_micros() as u64,
+        total_us = started.elapsed().as_micros() as u64,
+        "write batch committed"
+    );
     for (status, finish) in finishes {
         finish(committed.clone().and(status));
     }
