@@ -95,7 +95,11 @@ fn disable_nagle_on_tcp_sockets() {
             return;
         };
         for entry in entries.flatten() {
-            let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            let Some(fd) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
                 continue;
             };
             if is_tcp_socket(fd) {
@@ -135,7 +139,10 @@ fn is_tcp_socket(fd: i32) -> bool {
         (result == 0).then_some(value)
     };
     option(libc::SO_TYPE) == Some(libc::SOCK_STREAM)
-        && matches!(option(libc::SO_DOMAIN), Some(libc::AF_INET | libc::AF_INET6))
+        && matches!(
+            option(libc::SO_DOMAIN),
+            Some(libc::AF_INET | libc::AF_INET6)
+        )
 }
 
 pub fn is_sqlite(url: &str) -> bool {

@@ -169,9 +169,7 @@ impl<'a> WriteTxn<'a> {
             } else {
                 let per_insert = (MAX_BINDS / table.columns.len()).max(1);
                 for chunk in of_table.chunks(per_insert) {
-                    self.txn
-                        .execute_raw(sqlite_insert(table, chunk))
-                        .await?;
+                    self.txn.execute_raw(sqlite_insert(table, chunk)).await?;
                 }
             }
         }
@@ -230,7 +228,11 @@ fn postgres_insert(table: &Table, records: String) -> Statement {
         names.join(", "),
         record_type.join(", ")
     );
-    statement(DbBackend::Postgres, &sql, vec![Value::String(Some(records))])
+    statement(
+        DbBackend::Postgres,
+        &sql,
+        vec![Value::String(Some(records))],
+    )
 }
 
 fn sqlite_insert(table: &Table, rows: &[Vec<Value>]) -> Statement {
