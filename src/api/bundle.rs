@@ -78,7 +78,8 @@ pub async fn batch_or_transaction(
             Box::pin(async move {
                 match kind {
                     Kind::Transaction => {
-                        let entries = entries.into_iter().map(|e| e.expect("parsed")).collect();
+                        // Parse errors ended a transaction above: all entries are parsed.
+                        let entries = entries.into_iter().filter_map(Result::ok).collect();
                         run_transaction(txn, entries, &base_for_job).await
                     }
                     Kind::Batch => run_batch(txn, entries, &base_for_job).await,

@@ -78,6 +78,7 @@ pub fn condition(resource_type: &str, name: &str, value: &str) -> FhirResult<Opt
         return Ok(Some(missing_condition(param_type, code, value)?));
     }
     let alternatives = split_values(value);
+    check_alternatives(name, alternatives.len())?;
     let (table, alias) = table_of(param_type).ok_or_else(|| {
         FhirError::bad_request(format!(
             "searching by the {} parameter {code} is not supported yet",
@@ -362,6 +363,18 @@ fn reference_match(
     }
 }
 
+/// Most comma-separated values one parameter may carry (each becomes a bind value).
+const MAX_ALTERNATIVES: usize = 500;
+
+fn check_alternatives(name: &str, count: usize) -> FhirResult<()> {
+    if count > MAX_ALTERNATIVES {
+        return Err(FhirError::bad_request(format!(
+            "{name} has {count} values; at most {MAX_ALTERNATIVES} are allowed in one parameter"
+        )));
+    }
+    Ok(())
+}
+
 fn id_condition(modifier: Option<&str>, value: &str) -> FhirResult<Condition> {
     if let Some(modifier) = modifier {
         return Err(FhirError::bad_request(format!(
@@ -369,6 +382,7 @@ fn id_condition(modifier: Option<&str>, value: &str) -> FhirResult<Condition> {
         )));
     }
     let ids = split_values(value);
+    check_alternatives("_id", ids.len())?;
     Ok(Condition {
         sql: format!("r.id IN ({})", vec!["?"; ids.len()].join(", ")),
         values: ids.into_iter().map(Value::from).collect(),

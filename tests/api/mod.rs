@@ -9,4 +9,5 @@ mod helpers;
 mod history;
 mod metadata;
 mod openapi;
+mod search;
 mod validation;

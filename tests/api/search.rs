@@ -1,0 +1,269 @@
+//! Type-level search on the index written with every version (the basis conditional
+//! interactions use).
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use super::helpers::*;
+
+fn ids(bundle: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = bundle["entry"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|e| e["search"]["mode"] == "match")
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+async fn search(app: &TestApp, query: &str) -> Value {
+    json_with_status(app.get(query).await, 200).await
+}
+
+#[tokio::test]
+async fn token_string_reference_date_and_quantity_parameters() {
+    let app = spawn_app().await;
+    let peter = app.create(&patient("P1")).await;
+    let mut anna = patient("P2");
+    anna["name"] = json!([{"family": "Østergård", "given": ["Anna"]}]);
+    anna["gender"] = json!("female");
+    anna["birthDate"] = json!("1990-06-15");
+    let anna = app.create(&anna).await;
+    let peter_ref = format!("Patient/{}", peter["id"].as_str().unwrap());
+    let mut hr = heart_rate(&peter_ref, 72);
+    hr["effectiveDateTime"] = json!("2024-03-01T10:00:00Z");
+    let hr = app.create(&hr).await;
+    let mut hr2 = heart_rate(&format!("Patient/{}", anna["id"].as_str().unwrap()), 110);
+    hr2["effectiveDateTime"] = json!("2024-03-02T10:00:00Z");
+    let hr2 = app.create(&hr2).await;
+    let id = |r: &Value| r["id"].as_str().unwrap().to_string();
+
+    assert_eq!(
+        ids(&search(&app, "Patient?identifier=http://hospital.example/mrn|P1").await),
+        vec![id(&peter)]
+    );
+    assert_eq!(
+        ids(&search(&app, "Patient?identifier=P2").await),
+        vec![id(&anna)]
+    );
+    assert_eq!(
+        ids(&search(&app, "Patient?gender=female").await),
+        vec![id(&anna)]
+    );
+    // String search: case- and accent-insensitive prefix; :exact is exact.
+    assert_eq!(
+        ids(&search(&app, "Patient?family=oster").await),
+        vec![id(&anna)]
+    );
+    assert!(ids(&search(&app, "Patient?family:exact=oster").await).is_empty());
+    assert_eq!(
+        ids(&search(&app, "Patient?family:exact=Østergård").await),
+        vec![id(&anna)]
+    );
+    // Dates with implicit ranges and prefixes.
+    assert_eq!(
+        ids(&search(&app, "Patient?birthdate=1990").await),
+        vec![id(&anna)]
+    );
+    assert_eq!(
+        ids(&search(&app, "Patient?birthdate=lt1980-01-01").await),
+        vec![id(&peter)]
+    );
+    assert_eq!(
+        ids(&search(&app, "Observation?date=2024-03-01").await),
+        vec![id(&hr)]
+    );
+    assert_eq!(
+        ids(&search(&app, "Observation?date=ge2024-03-02").await),
+        vec![id(&hr2)]
+    );
+    // References.
+    assert_eq!(
+        ids(&search(&app, &format!("Observation?subject={peter_ref}")).await),
+        vec![id(&hr)]
+    );
+    assert_eq!(
+        ids(&search(&app, &format!("Observation?patient={}", id(&peter))).await),
+        vec![id(&hr)]
+    );
+    // Quantities: 72 matches 71.5..72.5; prefixes compare values.
+    assert_eq!(
+        ids(&search(&app, "Observation?value-quantity=72").await),
+        vec![id(&hr)]
+    );
+    assert_eq!(
+        ids(&search(&app, "Observation?value-quantity=gt100").await),
+        vec![id(&hr2)]
+    );
+    assert_eq!(
+        ids(&search(
+            &app,
+            "Observation?value-quantity=gt50|http://unitsofmeasure.org|/min"
+        )
+        .await)
+        .len(),
+        2
+    );
+    // Several values: OR; several parameters: AND.
+    assert_eq!(
+        ids(&search(&app, "Patient?identifier=P1,P2").await).len(),
+        2
+    );
+    assert_eq!(
+        ids(&search(&app, "Patient?identifier=P1,P2&gender=female").await),
+        vec![id(&anna)]
+    );
+    // :missing and :not.
+    assert!(ids(&search(&app, "Patient?birthdate:missing=true").await).is_empty());
+    assert_eq!(
+        ids(&search(&app, "Patient?gender:not=female").await),
+        vec![id(&peter)]
+    );
+    // _id and _lastUpdated.
+    assert_eq!(
+        ids(&search(&app, &format!("Patient?_id={}", id(&anna))).await),
+        vec![id(&anna)]
+    );
+    assert_eq!(
+        ids(&search(&app, "Patient?_lastUpdated=gt2000-01-01").await).len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn deleted_and_updated_resources_are_searched_by_their_current_version() {
+    let app = spawn_app().await;
+    let created = app.create(&patient("OLD")).await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let mut changed = created.clone();
+    changed["identifier"][0]["value"] = json!("NEW");
+    json_with_status(app.put(&format!("Patient/{id}"), &changed).await, 200).await;
+    assert!(ids(&search(&app, "Patient?identifier=OLD").await).is_empty());
+    assert_eq!(
+        ids(&search(&app, "Patient?identifier=NEW").await),
+        vec![id.clone()]
+    );
+    app.delete(&format!("Patient/{id}")).await;
+    assert!(ids(&search(&app, "Patient?identifier=NEW").await).is_empty());
+}
+
+#[tokio::test]
+async fn paging_and_total() {
+    let app = spawn_app().await;
+    for i in 0..5 {
+        app.create(&heart_rate("Patient/p", i)).await;
+    }
+    let first = search(&app, "Observation?_count=2&_total=accurate").await;
+    assert_eq!(first["total"], 5);
+    let mut seen = ids(&first);
+    let mut next = first["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .map(|l| l["url"].as_str().unwrap().to_string());
+    while let Some(url) = next {
+        let page = search(&app, &url).await;
+        seen.extend(ids(&page));
+        next = page["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .map(|l| l["url"].as_str().unwrap().to_string());
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 5);
+    let count = search(&app, "Observation?_summary=count").await;
+    assert_eq!(count["total"], 5);
+    assert!(count.get("entry").is_none());
+}
+
+#[tokio::test]
+async fn unknown_parameters_are_reported_or_refused() {
+    let app = spawn_app().await;
+    app.create(&patient("U1")).await;
+    let lenient = search(&app, "Patient?colour=red&identifier=U1").await;
+    assert_eq!(ids(&lenient).len(), 1);
+    let self_link = lenient["link"][0]["url"].as_str().unwrap();
+    assert!(!self_link.contains("colour"), "{self_link}");
+    let outcome = lenient["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["search"]["mode"] == "outcome")
+        .expect("an outcome entry reports the ignored parameter");
+    assert!(outcome["resource"].to_string().contains("colour"));
+
+    let strict = app
+        .request(Method::GET, "Patient?colour=red")
+        .header("prefer", "handling=strict")
+        .send()
+        .await
+        .unwrap();
+    let body = json_with_status(strict, 400).await;
+    assert!(outcome_text(&body).contains("colour"));
+
+    // A known parameter with a malformed value is always an error.
+    json_with_status(app.get("Patient?birthdate=yesterday").await, 400).await;
+    json_with_status(app.get("Observation?value-quantity=lots").await, 400).await;
+    let many: Vec<String> = (0..600).map(|i| format!("id{i}")).collect();
+    let body = json_with_status(
+        app.get(&format!("Patient?_id={}", many.join(","))).await,
+        400,
+    )
+    .await;
+    assert!(outcome_text(&body).contains("at most 500"));
+
+    let form = app
+        .request(Method::POST, "Patient/_search")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("identifier=U1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ids(&json_with_status(form, 200).await).len(), 1);
+}
+
+#[tokio::test]
+async fn transaction_conditional_update_and_delete_entries() {
+    let app = spawn_app().await;
+    let existing = app.create(&patient("CU1")).await;
+    let doomed = app.create(&patient("CD1")).await;
+    let mut update = patient("CU1");
+    update["gender"] = json!("female");
+    let bundle = json!({
+        "resourceType": "Bundle", "type": "transaction",
+        "entry": [
+            {"resource": update, "request": {"method": "PUT", "url": "Patient?identifier=http://hospital.example/mrn|CU1"}},
+            {"resource": patient("CU2"), "request": {"method": "PUT", "url": "Patient?identifier=http://hospital.example/mrn|CU2"}},
+            {"request": {"method": "DELETE", "url": "Patient?identifier=http://hospital.example/mrn|CD1"}}
+        ]
+    });
+    let response = json_with_status(app.post("", &bundle).await, 200).await;
+    let statuses: Vec<&str> = response["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, vec!["200 OK", "201 Created", "204 No Content"]);
+    let updated = json_with_status(
+        app.get(&format!("Patient/{}", existing["id"].as_str().unwrap()))
+            .await,
+        200,
+    )
+    .await;
+    assert_eq!(updated["gender"], "female");
+    json_with_status(
+        app.get(&format!("Patient/{}", doomed["id"].as_str().unwrap()))
+            .await,
+        410,
+    )
+    .await;
+    assert_eq!(ids(&search(&app, "Patient?identifier=CU2").await).len(), 1);
+}
