@@ -2,11 +2,14 @@
 //! vendored so it works offline).
 
 use axum::Router;
-use utoipa::openapi::OpenApi;
+use utoipa::openapi::path::ParameterIn;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::{OpenApi, RefOr};
 use utoipa::OpenApi as _;
 use utoipa_swagger_ui::SwaggerUi;
 
 use super::AppState;
+use crate::fhir::definitions::Definitions;
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
@@ -14,7 +17,7 @@ use super::AppState;
         title = "fhirgate FHIR R4 API",
         description = "FHIR R4 (4.0.1) server for connected medical devices. Resources are FHIR JSON \
 (`application/fhir+json`); every error is an OperationOutcome that says what is wrong and where. \
-`{type}` is any of the 145 R4 resource types.",
+`{type}` is any of the 146 R4 resource types.",
         license(name = "Apache-2.0")
     ),
     tags(
@@ -34,9 +37,34 @@ impl ApiDoc {
     }
 }
 
-/// Final touches after the routes added their paths.
+/// Final touches after the routes added their paths: the version, and the list of
+/// resource types as the schema of every `{type}` path parameter (from the loaded R4
+/// definitions, so the document names exactly the types the server accepts).
 pub fn finish(mut doc: OpenApi) -> OpenApi {
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    let types: Vec<String> = Definitions::get().resource_types().to_vec();
+    let type_schema = RefOr::T(Schema::Object(
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(types))
+            .build(),
+    ));
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            for parameter in operation.parameters.iter_mut().flatten() {
+                if parameter.name == "type" && parameter.parameter_in == ParameterIn::Path {
+                    parameter.schema = Some(type_schema.clone());
+                }
+            }
+        }
+    }
     doc
 }
 

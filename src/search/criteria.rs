@@ -513,10 +513,11 @@ fn range_match(
 /// Splits off a two-letter comparison prefix (`ge2024`, `lt5.4`); `eq` by default.
 fn split_prefix(value: &str) -> (&str, &str) {
     const PREFIXES: &[&str] = &["eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap"];
-    if value.len() > 2 && PREFIXES.contains(&&value[..2]) {
-        (&value[..2], &value[2..])
-    } else {
-        ("eq", value)
+    match (value.get(..2), value.get(2..)) {
+        (Some(prefix), Some(rest)) if !rest.is_empty() && PREFIXES.contains(&prefix) => {
+            (prefix, rest)
+        }
+        _ => ("eq", value),
     }
 }
 
@@ -595,6 +596,9 @@ mod tests {
     fn prefixes() {
         assert_eq!(split_prefix("ge2024-01-01"), ("ge", "2024-01-01"));
         assert_eq!(split_prefix("2024"), ("eq", "2024"));
+        // Multi-byte text must not be cut inside a character.
+        assert_eq!(split_prefix("j\u{8e}g"), ("eq", "j\u{8e}g"));
+        assert_eq!(split_prefix("ge"), ("eq", "ge"));
     }
 
     #[test]

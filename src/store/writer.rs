@@ -132,7 +132,7 @@ async fn commit_batch(db: &DatabaseConnection, batch: &mut Vec<Job>) {
             return;
         }
     };
-    let mut finishes: Vec<(FhirResult<()>, Finish)> = Vec::with_capacity(batch.len());
+    let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
     let write_txn = WriteTxn::new(&txn);
     let mut broken: Option<FhirError> = None;
     for job in batch.drain(..) {
@@ -142,7 +142,7 @@ async fn commit_batch(db: &DatabaseConnection, batch: &mut Vec<Job>) {
             // The transaction cannot be trusted any more: nothing of this batch commits.
             broken.get_or_insert(FhirError::from(err));
         }
-        finishes.push((Ok(()), finish));
+        finishes.push(finish);
     }
     if broken.is_none() {
         if let Err(err) = write_txn.flush().await {
@@ -152,7 +152,7 @@ async fn commit_batch(db: &DatabaseConnection, batch: &mut Vec<Job>) {
     drop(write_txn);
     if let Some(err) = broken {
         let _ = txn.rollback().await;
-        for (_, finish) in finishes {
+        for finish in finishes {
             finish(Err(err.clone()));
         }
         return;
@@ -165,7 +165,7 @@ async fn commit_batch(db: &DatabaseConnection, batch: &mut Vec<Job>) {
         total_us = started.elapsed().as_micros() as u64,
         "write batch committed"
     );
-    for (status, finish) in finishes {
-        finish(committed.clone().and(status));
+    for finish in finishes {
+        finish(committed.clone());
     }
 }
