@@ -13,7 +13,8 @@ use crate::error::{FhirError, FhirResult};
 use crate::fhir::resource::{check_id, ValidResource};
 use crate::store::repository;
 use crate::store::time::parse_http_date;
-use crate::store::StoredResource;
+use crate::store::{StoredResource, WriteTxn};
+use futures::future::BoxFuture;
 
 /// Create a resource; the server assigns the id. With `If-None-Exist`, nothing is created
 /// when a resource matches the criteria (200 with that resource); 412 when several match.
@@ -52,20 +53,10 @@ pub async fn create(
         .get("if-none-exist")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let result = state
-        .store
-        .writer()
-        .write(move |txn| {
-            Box::pin(
-                async move { repository::create(txn, resource, if_none_exist.as_deref()).await },
-            )
-        })
-        .await?;
-    Ok(write_response(
-        &result,
-        Prefer::from_headers(&headers).return_,
-        &base,
-    ))
+    write_and_respond(&state, &headers, &base, move |txn| {
+        Box::pin(async move { repository::create(txn, resource, if_none_exist.as_deref()).await })
+    })
+    .await
 }
 
 /// Read the current version of a resource. 410 when it was deleted; 304 for
@@ -183,18 +174,10 @@ pub async fn update(
     check_id(&id)?;
     let version = if_match(&headers)?;
     let resource = ValidResource::parse(body, Some(&resource_type))?;
-    let result = state
-        .store
-        .writer()
-        .write(move |txn| {
-            Box::pin(async move { repository::update(txn, resource, &id, version).await })
-        })
-        .await?;
-    Ok(write_response(
-        &result,
-        Prefer::from_headers(&headers).return_,
-        &base,
-    ))
+    write_and_respond(&state, &headers, &base, move |txn| {
+        Box::pin(async move { repository::update(txn, resource, &id, version).await })
+    })
+    .await
 }
 
 /// Conditional update: update the one resource matching the criteria, create when none
@@ -225,20 +208,12 @@ pub async fn conditional_update(
     let criteria = required_criteria(query, "conditional update")?;
     let version = if_match(&headers)?;
     let resource = ValidResource::parse(body, Some(&resource_type))?;
-    let result = state
-        .store
-        .writer()
-        .write(move |txn| {
-            Box::pin(async move {
-                repository::conditional_update(txn, resource, &criteria, version).await
-            })
-        })
-        .await?;
-    Ok(write_response(
-        &result,
-        Prefer::from_headers(&headers).return_,
-        &base,
-    ))
+    write_and_respond(&state, &headers, &base, move |txn| {
+        Box::pin(
+            async move { repository::conditional_update(txn, resource, &criteria, version).await },
+        )
+    })
+    .await
 }
 
 /// Patch a resource with a JSON Patch document (`application/json-patch+json`).
@@ -269,20 +244,10 @@ pub async fn patch(
     check_type(&resource_type)?;
     check_id(&id)?;
     let version = if_match(&headers)?;
-    let result = state
-        .store
-        .writer()
-        .write(move |txn| {
-            Box::pin(
-                async move { repository::patch(txn, &resource_type, &id, &patch, version).await },
-            )
-        })
-        .await?;
-    Ok(write_response(
-        &result,
-        Prefer::from_headers(&headers).return_,
-        &base,
-    ))
+    write_and_respond(&state, &headers, &base, move |txn| {
+        Box::pin(async move { repository::patch(txn, &resource_type, &id, &patch, version).await })
+    })
+    .await
 }
 
 /// Delete a resource: a tombstone version is written; reading it then gives 410.
@@ -346,6 +311,26 @@ pub async fn conditional_delete(
         })
         .await?;
     Ok(delete_response(&result))
+}
+
+/// Runs a write on the group-commit writer and renders its result as `Prefer` asks.
+async fn write_and_respond<F>(
+    state: &AppState,
+    headers: &HeaderMap,
+    base: &BaseUrl,
+    work: F,
+) -> FhirResult<Response>
+where
+    F: for<'a> FnOnce(&'a WriteTxn<'a>) -> BoxFuture<'a, FhirResult<repository::WriteResult>>
+        + Send
+        + 'static,
+{
+    let result = state.store.writer().write(work).await?;
+    Ok(write_response(
+        &result,
+        Prefer::from_headers(headers).return_,
+        base,
+    ))
 }
 
 fn delete_response(result: &repository::WriteResult) -> Response {
