@@ -39,7 +39,11 @@ pub const RESULT_PARAMETERS: &[&str] = &[
 /// `resource_type`; unknown parameters are ignored or refused depending on `Prefer:
 /// handling`.
 pub fn is_known(resource_type: &str, name: &str) -> bool {
-    let code = name.split(':').next().unwrap_or(name);
+    if name.starts_with("_has:") {
+        return true;
+    }
+    let first = name.split('.').next().unwrap_or(name);
+    let code = first.split(':').next().unwrap_or(first);
     RESULT_PARAMETERS.contains(&code)
         || code == "_id"
         || code == "_lastUpdated"
@@ -48,6 +52,41 @@ pub fn is_known(resource_type: &str, name: &str) -> bool {
 
 /// The condition for one query parameter, or `None` for a result parameter.
 pub fn condition(resource_type: &str, name: &str, value: &str) -> FhirResult<Option<Condition>> {
+    condition_on(resource_type, name, value, 0)
+}
+
+/// Chains and `_has` nest at most this deep.
+const MAX_DEPTH: usize = 4;
+
+/// The alias of the `resources` row a condition at `depth` applies to (`r` at the top).
+fn owner_alias(depth: usize) -> String {
+    if depth == 0 {
+        "r".to_string()
+    } else {
+        format!("r{depth}")
+    }
+}
+
+/// [`condition`] for the resource aliased by [`owner_alias`]`(depth)`.
+fn condition_on(
+    resource_type: &str,
+    name: &str,
+    value: &str,
+    depth: usize,
+) -> FhirResult<Option<Condition>> {
+    if depth > MAX_DEPTH {
+        return Err(FhirError::bad_request(format!(
+            "{name}: chains and _has may nest at most {MAX_DEPTH} levels"
+        )));
+    }
+    if let Some(rest) = name.strip_prefix("_has:") {
+        return has_condition(resource_type, rest, value, depth).map(Some);
+    }
+    if let Some((reference, chained)) = name.split_once('.') {
+        return chain_condition(resource_type, reference, chained, value, depth).map(Some);
+    }
+    let owner = owner_alias(depth);
+    let owner = owner.as_str();
     let (code, modifier) = match name.split_once(':') {
         Some((code, modifier)) => (code, Some(modifier)),
         None => (name, None),
@@ -61,10 +100,10 @@ pub fn condition(resource_type: &str, name: &str, value: &str) -> FhirResult<Opt
         )));
     }
     if code == "_id" {
-        return Ok(Some(id_condition(modifier, value)?));
+        return Ok(Some(id_condition(owner, modifier, value)?));
     }
     if code == "_lastUpdated" {
-        return Ok(Some(last_updated_condition(modifier, value)?));
+        return Ok(Some(last_updated_condition(owner, modifier, value)?));
     }
     let definition = SearchParams::get()
         .param(resource_type, code)
@@ -75,7 +114,7 @@ pub fn condition(resource_type: &str, name: &str, value: &str) -> FhirResult<Opt
         })?;
     let param_type = definition.param_type;
     if modifier == Some("missing") {
-        return Ok(Some(missing_condition(param_type, code, value)?));
+        return Ok(Some(missing_condition(owner, param_type, code, value)?));
     }
     let alternatives = split_values(value);
     check_alternatives(name, alternatives.len())?;
@@ -125,6 +164,7 @@ pub fn condition(resource_type: &str, name: &str, value: &str) -> FhirResult<Opt
         (ParamType::Reference, Some("identifier")) => {
             indexed_param = format!("{code}:identifier");
             return Ok(Some(exists(
+                owner,
                 "search_token",
                 "t",
                 resource_type,
@@ -246,6 +286,7 @@ pub fn condition(resource_type: &str, name: &str, value: &str) -> FhirResult<Opt
         }
     }
     Ok(Some(exists(
+        owner,
         table,
         alias,
         resource_type,
@@ -257,6 +298,7 @@ pub fn condition(resource_type: &str, name: &str, value: &str) -> FhirResult<Opt
 
 /// `EXISTS (SELECT 1 FROM table WHERE <same resource> AND param = ? AND (p1 OR p2…))`.
 fn exists(
+    owner: &str,
     table: &str,
     alias: &str,
     resource_type: &str,
@@ -274,11 +316,138 @@ fn exists(
     Condition {
         sql: format!(
             "{}EXISTS (SELECT 1 FROM {table} {alias} WHERE {alias}.resource_type = ? \
-             AND {alias}.resource_id = r.id AND {alias}.param = ? AND ({alternatives}))",
+             AND {alias}.resource_id = {owner}.id AND {alias}.param = ? AND ({alternatives}))",
             if negate { "NOT " } else { "" }
         ),
         values,
     }
+}
+
+/// A chained parameter, `subject:Patient.name=peter`: some resource this one references
+/// through `reference` matches `chained=value` (which may chain further).
+fn chain_condition(
+    resource_type: &str,
+    reference: &str,
+    chained: &str,
+    value: &str,
+    depth: usize,
+) -> FhirResult<Condition> {
+    let (code, type_modifier) = match reference.split_once(':') {
+        Some((code, modifier)) => (code, Some(modifier)),
+        None => (reference, None),
+    };
+    let definition = SearchParams::get()
+        .param(resource_type, code)
+        .filter(|d| d.param_type == ParamType::Reference)
+        .ok_or_else(|| {
+            FhirError::bad_request(format!(
+                "{reference}.{chained}: {code:?} is not a reference search parameter of {resource_type}"
+            ))
+        })?;
+    let targets: Vec<String> = match type_modifier {
+        Some(target) => {
+            if !definition.targets.iter().any(|t| t == target) {
+                return Err(FhirError::bad_request(format!(
+                    "{reference}.{chained}: {code} of {resource_type} cannot refer to a {target}"
+                )));
+            }
+            vec![target.to_string()]
+        }
+        None => definition.targets.clone(),
+    };
+    let owner = owner_alias(depth);
+    let target = owner_alias(depth + 1);
+    let mut alternatives = Vec::new();
+    let mut values: Vec<Value> = vec![resource_type.into(), code.into()];
+    let mut last_error = None;
+    for target_type in &targets {
+        // Targets without the chained parameter cannot match; skip them.
+        match condition_on(target_type, chained, value, depth + 1) {
+            Ok(Some(inner)) => {
+                alternatives.push(format!(
+                    "(f{depth}.target_type = ? AND EXISTS (SELECT 1 FROM resources {target} \
+                     WHERE {target}.resource_type = f{depth}.target_type \
+                     AND {target}.id = f{depth}.target_id AND {target}.deleted = ? AND {}))",
+                    inner.sql
+                ));
+                values.push(target_type.as_str().into());
+                values.push(false.into());
+                values.extend(inner.values);
+            }
+            Ok(None) => {}
+            Err(err) => last_error = Some(err),
+        }
+    }
+    if alternatives.is_empty() {
+        return Err(last_error.unwrap_or_else(|| {
+            FhirError::bad_request(format!(
+                "{reference}.{chained}: no type {code} refers to has that parameter"
+            ))
+        }));
+    }
+    Ok(Condition {
+        sql: format!(
+            "EXISTS (SELECT 1 FROM search_reference f{depth} WHERE f{depth}.resource_type = ? \
+             AND f{depth}.resource_id = {owner}.id AND f{depth}.param = ? AND ({}))",
+            alternatives.join(" OR ")
+        ),
+        values,
+    })
+}
+
+/// Reverse chaining, `_has:Observation:patient:code=1234-5`: some Observation whose
+/// `patient` refers to this resource matches `code=1234-5` (which may be another `_has`).
+fn has_condition(
+    resource_type: &str,
+    rest: &str,
+    value: &str,
+    depth: usize,
+) -> FhirResult<Condition> {
+    let mut parts = rest.splitn(3, ':');
+    let (Some(source_type), Some(reference), Some(inner_name)) =
+        (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(FhirError::bad_request(format!(
+            "_has:{rest} must have the form _has:Type:reference:parameter, e.g. _has:Observation:patient:code"
+        )));
+    };
+    if !crate::fhir::definitions::Definitions::get().is_resource_type(source_type) {
+        return Err(FhirError::bad_request(format!(
+            "_has:{rest}: {source_type:?} is not a resource type"
+        )));
+    }
+    let is_reference = SearchParams::get()
+        .param(source_type, reference)
+        .is_some_and(|d| d.param_type == ParamType::Reference);
+    if !is_reference {
+        return Err(FhirError::bad_request(format!(
+            "_has:{rest}: {reference:?} is not a reference search parameter of {source_type}"
+        )));
+    }
+    let inner = condition_on(source_type, inner_name, value, depth + 1)?.ok_or_else(|| {
+        FhirError::bad_request(format!(
+            "_has:{rest}: {inner_name} does not select resources"
+        ))
+    })?;
+    let owner = owner_alias(depth);
+    let source = owner_alias(depth + 1);
+    let mut values: Vec<Value> = vec![
+        source_type.into(),
+        reference.into(),
+        resource_type.into(),
+        false.into(),
+    ];
+    values.extend(inner.values);
+    Ok(Condition {
+        sql: format!(
+            "EXISTS (SELECT 1 FROM search_reference h{depth} JOIN resources {source} \
+             ON {source}.resource_type = h{depth}.resource_type AND {source}.id = h{depth}.resource_id \
+             WHERE h{depth}.resource_type = ? AND h{depth}.param = ? AND h{depth}.target_type = ? \
+             AND h{depth}.target_id = {owner}.id AND {source}.deleted = ? AND {})",
+            inner.sql
+        ),
+        values,
+    })
 }
 
 fn table_of(param_type: ParamType) -> Option<(&'static str, &'static str)> {
@@ -375,7 +544,7 @@ fn check_alternatives(name: &str, count: usize) -> FhirResult<()> {
     Ok(())
 }
 
-fn id_condition(modifier: Option<&str>, value: &str) -> FhirResult<Condition> {
+fn id_condition(owner: &str, modifier: Option<&str>, value: &str) -> FhirResult<Condition> {
     if let Some(modifier) = modifier {
         return Err(FhirError::bad_request(format!(
             "the modifier :{modifier} is not supported on _id"
@@ -384,12 +553,16 @@ fn id_condition(modifier: Option<&str>, value: &str) -> FhirResult<Condition> {
     let ids = split_values(value);
     check_alternatives("_id", ids.len())?;
     Ok(Condition {
-        sql: format!("r.id IN ({})", vec!["?"; ids.len()].join(", ")),
+        sql: format!("{owner}.id IN ({})", vec!["?"; ids.len()].join(", ")),
         values: ids.into_iter().map(Value::from).collect(),
     })
 }
 
-fn last_updated_condition(modifier: Option<&str>, value: &str) -> FhirResult<Condition> {
+fn last_updated_condition(
+    owner: &str,
+    modifier: Option<&str>,
+    value: &str,
+) -> FhirResult<Condition> {
     if let Some(modifier) = modifier {
         return Err(FhirError::bad_request(format!(
             "the modifier :{modifier} is not supported on _lastUpdated"
@@ -406,7 +579,7 @@ fn last_updated_condition(modifier: Option<&str>, value: &str) -> FhirResult<Con
         })?;
         // A version's lastUpdated is a point in time: its range is that microsecond.
         parts.push(range_match(
-            "r",
+            owner,
             prefix,
             "last_updated",
             "last_updated",
@@ -428,7 +601,12 @@ fn last_updated_condition(modifier: Option<&str>, value: &str) -> FhirResult<Con
     })
 }
 
-fn missing_condition(param_type: ParamType, code: &str, value: &str) -> FhirResult<Condition> {
+fn missing_condition(
+    owner: &str,
+    param_type: ParamType,
+    code: &str,
+    value: &str,
+) -> FhirResult<Condition> {
     let missing = match value {
         "true" => true,
         "false" => false,
@@ -442,8 +620,8 @@ fn missing_condition(param_type: ParamType, code: &str, value: &str) -> FhirResu
         .ok_or_else(|| FhirError::bad_request(format!("{code}:missing is not supported")))?;
     Ok(Condition {
         sql: format!(
-            "{}EXISTS (SELECT 1 FROM {table} {alias} WHERE {alias}.resource_type = r.resource_type \
-             AND {alias}.resource_id = r.id AND {alias}.param = ?)",
+            "{}EXISTS (SELECT 1 FROM {table} {alias} WHERE {alias}.resource_type = {owner}.resource_type \
+             AND {alias}.resource_id = {owner}.id AND {alias}.param = ?)",
             if missing { "NOT " } else { "" }
         ),
         values: vec![code.into()],

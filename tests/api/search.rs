@@ -269,3 +269,87 @@ async fn transaction_conditional_update_and_delete_entries() {
     .await;
     assert_eq!(ids(&search(&app, "Patient?identifier=CU2").await).len(), 1);
 }
+
+#[tokio::test]
+async fn chained_parameters_and_reverse_chaining() {
+    let app = spawn_app().await;
+    let mut org = json!({"resourceType": "Organization", "name": "Ward 3 Cardiology"});
+    org = app.create(&org).await;
+    let org_ref = format!("Organization/{}", org["id"].as_str().unwrap());
+    let mut peter = patient("CH1");
+    peter["managingOrganization"] = json!({"reference": org_ref});
+    let peter = app.create(&peter).await;
+    let mut anna = patient("CH2");
+    anna["name"] = json!([{"family": "Berg", "given": ["Anna"]}]);
+    let anna = app.create(&anna).await;
+    let peter_ref = format!("Patient/{}", peter["id"].as_str().unwrap());
+    let anna_ref = format!("Patient/{}", anna["id"].as_str().unwrap());
+    let peter_hr = app.create(&heart_rate(&peter_ref, 70)).await;
+    let anna_hr = app.create(&heart_rate(&anna_ref, 120)).await;
+    let id = |r: &Value| r["id"].as_str().unwrap().to_string();
+
+    // One level, with and without the type modifier.
+    assert_eq!(
+        ids(&search(&app, "Observation?subject:Patient.family=chalmers").await),
+        vec![id(&peter_hr)]
+    );
+    assert_eq!(
+        ids(&search(&app, "Observation?subject.family=berg").await),
+        vec![id(&anna_hr)]
+    );
+    assert_eq!(
+        ids(&search(&app, "Observation?patient.identifier=CH2").await),
+        vec![id(&anna_hr)]
+    );
+    // Two levels.
+    assert_eq!(
+        ids(&search(&app, "Observation?subject:Patient.organization.name=ward").await),
+        vec![id(&peter_hr)]
+    );
+    // Reverse chaining: patients with a fast heart rate.
+    assert_eq!(
+        ids(&search(
+            &app,
+            "Patient?_has:Observation:patient:value-quantity=gt100"
+        )
+        .await),
+        vec![id(&anna)]
+    );
+    assert_eq!(
+        ids(&search(
+            &app,
+            "Patient?_has:Observation:subject:code=http://loinc.org|8867-4"
+        )
+        .await)
+        .len(),
+        2
+    );
+    // Nested: organizations that manage a patient with a heart-rate Observation of 70.
+    assert_eq!(
+        ids(&search(
+            &app,
+            "Organization?_has:Patient:organization:_has:Observation:patient:value-quantity=70"
+        )
+        .await),
+        vec![id(&org)]
+    );
+    // A deleted source no longer counts.
+    app.delete(&format!("Observation/{}", id(&anna_hr))).await;
+    assert!(ids(&search(
+        &app,
+        "Patient?_has:Observation:patient:value-quantity=gt100"
+    )
+    .await)
+    .is_empty());
+
+    // Errors name what is wrong.
+    let body = json_with_status(app.get("Observation?status.name=x").await, 400).await;
+    assert!(outcome_text(&body).contains("not a reference"), "{body}");
+    let body = json_with_status(app.get("Observation?subject:Device.family=x").await, 400).await;
+    assert!(outcome_text(&body).contains("family"), "{body}");
+    let body = json_with_status(app.get("Patient?_has:Observation:patient").await, 400).await;
+    assert!(
+        outcome_text(&body).contains("_has:Type:reference:parameter"),
+        "{body}"
+    );
+}
