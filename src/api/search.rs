@@ -17,6 +17,7 @@ use super::{check_type, AppState};
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::outcome::{operation_outcome, Issue, IssueCode};
 use crate::search::criteria::{condition, is_known};
+use crate::search::include::{resolve as resolve_includes, IncludeSpec, MAX_INCLUDED};
 use crate::store::sql::statement;
 use crate::store::time::instant;
 use crate::store::versions::stored_from_row;
@@ -109,6 +110,7 @@ async fn search(
     let mut count = DEFAULT_COUNT;
     let mut cursor: Option<String> = None;
     let mut total_wanted = false;
+    let mut includes: Vec<IncludeSpec> = Vec::new();
     let mut sql = String::from(
         "SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.content \
          FROM resources r WHERE r.resource_type = ? AND r.deleted = ?",
@@ -135,11 +137,19 @@ async fn search(
             }
             "_cursor" => cursor = Some(value.clone()),
             "_total" => total_wanted = matches!(value.as_str(), "accurate" | "estimate"),
-            "_sort" | "_include" | "_revinclude" | "_contained" | "_containedType" => {
-                return Err(FhirError::not_supported(
-                    StatusCode::BAD_REQUEST,
-                    format!("{name} is not supported yet"),
-                ))
+            _ if name.starts_with("_include") || name.starts_with("_revinclude") => {
+                includes.push(IncludeSpec::parse(&name, &value)?);
+            }
+            "_sort" | "_contained" | "_containedType" => {
+                // Not supported yet: results keep their default order (by id).
+                if strict {
+                    return Err(FhirError::not_supported(
+                        StatusCode::BAD_REQUEST,
+                        format!("{name} is not supported yet (Prefer: handling=strict)"),
+                    ));
+                }
+                ignored.push(name);
+                continue;
             }
             _ => {
                 if let Some(condition) = condition(resource_type, &name, &value)? {
@@ -176,6 +186,8 @@ async fn search(
     };
     let mut entries = Vec::new();
     let mut next_cursor = None;
+    let mut match_count = 0;
+    let mut warnings: Vec<Issue> = Vec::new();
     if format.summary != Summary::Count && count > 0 {
         if let Some(after) = &cursor {
             sql.push_str(" AND r.id > ?");
@@ -184,23 +196,49 @@ async fn search(
         sql.push_str(" ORDER BY r.id LIMIT ?");
         values.push(((count + 1) as i64).into());
         let rows = conn.query_all_raw(statement(backend, &sql, values)).await?;
+        let mut matched = Vec::new();
         for row in rows.iter().take(count as usize) {
             let stored = stored_from_row(backend, row)?;
+            if rows.len() as u64 > count {
+                next_cursor = Some(stored.id.clone());
+            }
+            matched.push(stored);
+        }
+        match_count = matched.len();
+        let keys: Vec<(String, String)> = matched
+            .iter()
+            .map(|m| (m.resource_type.clone(), m.id.clone()))
+            .collect();
+        let (included, truncated) = if includes.is_empty() {
+            (Vec::new(), false)
+        } else {
+            resolve_includes(conn, &includes, &keys).await?
+        };
+        if truncated {
+            warnings.push(Issue::warning(
+                IssueCode::TooCostly,
+                format!(
+                    "only the first {MAX_INCLUDED} included resources are returned; narrow the search or lower _count"
+                ),
+            ));
+        }
+        let modes = matched
+            .iter()
+            .map(|m| (m, "match"))
+            .chain(included.iter().map(|i| (i, "include")));
+        for (stored, mode) in modes {
             if let Some(content) = &stored.content {
                 entries.push(json!({
                     "fullUrl": format!("{}/{}/{}", base.0, stored.resource_type, stored.id),
                     "resource": format.apply(content),
-                    "search": {"mode": "match"}
+                    "search": {"mode": mode}
                 }));
-            }
-            if rows.len() as u64 > count {
-                next_cursor = Some(stored.id.clone());
             }
         }
     }
     let total = total.or_else(|| {
         (cursor.is_none() && next_cursor.is_none() && format.summary != Summary::Count)
-            .then_some(entries.len() as i64)
+            .then_some(match_count as i64)
     });
     let link = |extra: Option<&str>| {
         let mut serializer = form_urlencoded::Serializer::new(String::new());
@@ -222,15 +260,17 @@ async fn search(
         links.push(json!({"relation": "next", "url": link(Some(after))}));
     }
     if !ignored.is_empty() {
-        let issue = Issue::warning(
+        warnings.push(Issue::warning(
             IssueCode::NotSupported,
             format!(
-                "ignored unknown search parameters: {} (send Prefer: handling=strict to make this an error)",
+                "ignored search parameters: {} (unknown or not supported yet; send Prefer: handling=strict to make this an error)",
                 ignored.join(", ")
             ),
-        );
+        ));
+    }
+    if !warnings.is_empty() {
         entries.push(json!({
-            "resource": operation_outcome(&[issue]),
+            "resource": operation_outcome(&warnings),
             "search": {"mode": "outcome"}
         }));
     }

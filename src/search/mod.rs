@@ -2,4 +2,5 @@
 //! as SQL conditions.
 pub mod criteria;
 pub mod extract;
+pub mod include;
 pub mod params;

@@ -353,3 +353,118 @@ async fn chained_parameters_and_reverse_chaining() {
         "{body}"
     );
 }
+
+fn included(bundle: &Value) -> Vec<String> {
+    let mut refs: Vec<String> = bundle["entry"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|e| e["search"]["mode"] == "include")
+        .map(|e| {
+            format!(
+                "{}/{}",
+                e["resource"]["resourceType"].as_str().unwrap(),
+                e["resource"]["id"].as_str().unwrap()
+            )
+        })
+        .collect();
+    refs.sort();
+    refs
+}
+
+#[tokio::test]
+async fn include_and_revinclude() {
+    let app = spawn_app().await;
+    let org = app
+        .create(&json!({"resourceType": "Organization", "name": "Ward 3"}))
+        .await;
+    let org_ref = format!("Organization/{}", org["id"].as_str().unwrap());
+    let mut p = patient("INC1");
+    p["managingOrganization"] = json!({"reference": org_ref});
+    let p = app.create(&p).await;
+    let patient_ref = format!("Patient/{}", p["id"].as_str().unwrap());
+    let device = app
+        .create(&json!({"resourceType": "Device", "serialNumber": "SN-9"}))
+        .await;
+    let device_ref = format!("Device/{}", device["id"].as_str().unwrap());
+    let mut first = heart_rate(&patient_ref, 70);
+    first["device"] = json!({"reference": device_ref});
+    let first = app.create(&first).await;
+    let second = app.create(&heart_rate(&patient_ref, 71)).await;
+    let obs = |r: &Value| format!("Observation/{}", r["id"].as_str().unwrap());
+
+    let bundle = search(&app, "Observation?_include=Observation:subject").await;
+    assert_eq!(ids(&bundle).len(), 2);
+    assert_eq!(
+        included(&bundle),
+        vec![patient_ref.clone()],
+        "each included once"
+    );
+    assert_eq!(bundle["total"], 2, "included resources are not counted");
+
+    let bundle = search(&app, "Observation?_include=Observation:*").await;
+    let mut expected = vec![device_ref.clone(), patient_ref.clone()];
+    expected.sort();
+    assert_eq!(included(&bundle), expected);
+
+    // Only the targets of the named type.
+    let bundle = search(&app, "Observation?_include=Observation:subject:Group").await;
+    assert!(included(&bundle).is_empty());
+
+    // :iterate follows the included Patient to its Organization.
+    let bundle = search(
+        &app,
+        "Observation?_include=Observation:subject&_include:iterate=Patient:organization",
+    )
+    .await;
+    let mut expected = vec![org_ref.clone(), patient_ref.clone()];
+    expected.sort();
+    assert_eq!(included(&bundle), expected);
+
+    let bundle = search(
+        &app,
+        &format!(
+            "Patient?_id={}&_revinclude=Observation:subject",
+            p["id"].as_str().unwrap()
+        ),
+    )
+    .await;
+    let mut expected = vec![obs(&first), obs(&second)];
+    expected.sort();
+    assert_eq!(included(&bundle), expected);
+
+    let bundle = search(
+        &app,
+        &format!(
+            "Organization?_id={}&_revinclude=Patient:organization&_revinclude:iterate=Observation:patient",
+            org["id"].as_str().unwrap()
+        ),
+    )
+    .await;
+    assert_eq!(
+        included(&bundle).len(),
+        3,
+        "the Patient and both Observations"
+    );
+
+    // A deleted resource is not included.
+    app.delete(&format!("Observation/{}", second["id"].as_str().unwrap()))
+        .await;
+    let bundle = search(
+        &app,
+        &format!(
+            "Patient?_id={}&_revinclude=Observation:subject",
+            p["id"].as_str().unwrap()
+        ),
+    )
+    .await;
+    assert_eq!(included(&bundle), vec![obs(&first)]);
+
+    let body = json_with_status(
+        app.get("Observation?_include=Observation:status").await,
+        400,
+    )
+    .await;
+    assert!(outcome_text(&body).contains("not a reference"), "{body}");
+}
