@@ -18,6 +18,7 @@ use crate::error::{FhirError, FhirResult};
 use crate::fhir::outcome::{operation_outcome, Issue, IssueCode};
 use crate::search::criteria::{condition, is_known};
 use crate::search::include::{resolve as resolve_includes, IncludeSpec, MAX_INCLUDED};
+use crate::search::sort::{page_query, parse_sort, Cursor, SortKey};
 use crate::store::sql::statement;
 use crate::store::time::instant;
 use crate::store::versions::stored_from_row;
@@ -34,6 +35,9 @@ pub const MAX_COUNT: u64 = 1000;
         ("_lastUpdated" = Option<String>, Query, description = "Date with prefix, e.g. ge2024-03-01"),
         ("_count" = Option<u64>, Query, description = "Page size (default 50, at most 1000)"),
         ("_total" = Option<String>, Query, description = "none | estimate | accurate"),
+        ("_sort" = Option<String>, Query, description = "Sort parameters, `-` for descending, e.g. -date,code"),
+        ("_include" = Option<String>, Query, description = "Include referenced resources, e.g. Observation:subject (also :iterate, *)"),
+        ("_revinclude" = Option<String>, Query, description = "Include resources referring to the matches, e.g. Observation:subject"),
         ("Prefer" = Option<String>, Header, description = "handling=strict: unknown parameters are errors"),
     ),
     responses(
@@ -111,11 +115,7 @@ async fn search(
     let mut cursor: Option<String> = None;
     let mut total_wanted = false;
     let mut includes: Vec<IncludeSpec> = Vec::new();
-    let mut sql = String::from(
-        "SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.content \
-         FROM resources r WHERE r.resource_type = ? AND r.deleted = ?",
-    );
-    let mut values: Vec<Value> = vec![resource_type.into(), false.into()];
+    let mut sort_keys: Vec<SortKey> = Vec::new();
     let mut filter_sql = String::new();
     let mut filter_values: Vec<Value> = Vec::new();
     for (name, value) in form_urlencoded::parse(query.as_bytes()).into_owned() {
@@ -140,7 +140,8 @@ async fn search(
             _ if name.starts_with("_include") || name.starts_with("_revinclude") => {
                 includes.push(IncludeSpec::parse(&name, &value)?);
             }
-            "_sort" | "_contained" | "_containedType" => {
+            "_sort" => sort_keys = parse_sort(resource_type, &value)?,
+            "_contained" | "_containedType" => {
                 // Not supported yet: results keep their default order (by id).
                 if strict {
                     return Err(FhirError::not_supported(
@@ -163,8 +164,10 @@ async fn search(
             used.push((name, value));
         }
     }
-    sql.push_str(&filter_sql);
-    values.extend(filter_values.iter().cloned());
+    let cursor = cursor
+        .as_deref()
+        .map(|text| Cursor::decode(text, &sort_keys))
+        .transpose()?;
     let conn = state.store.connection();
     let backend = conn.get_database_backend();
     let want_total = total_wanted || format.summary == Summary::Count;
@@ -173,7 +176,7 @@ async fn search(
             "SELECT COUNT(*) AS n FROM resources r WHERE r.resource_type = ? AND r.deleted = ?{filter_sql}"
         );
         let mut count_values: Vec<Value> = vec![resource_type.into(), false.into()];
-        count_values.extend(filter_values);
+        count_values.extend(filter_values.iter().cloned());
         let row = conn
             .query_one_raw(statement(backend, &count_sql, count_values))
             .await?;
@@ -189,20 +192,26 @@ async fn search(
     let mut match_count = 0;
     let mut warnings: Vec<Issue> = Vec::new();
     if format.summary != Summary::Count && count > 0 {
-        if let Some(after) = &cursor {
-            sql.push_str(" AND r.id > ?");
-            values.push(after.as_str().into());
-        }
-        sql.push_str(" ORDER BY r.id LIMIT ?");
-        values.push(((count + 1) as i64).into());
+        let from_where =
+            format!("FROM resources r WHERE r.resource_type = ? AND r.deleted = ?{filter_sql}");
+        let mut where_values: Vec<Value> = vec![resource_type.into(), false.into()];
+        where_values.extend(filter_values.iter().cloned());
+        let (sql, values) = page_query(
+            &from_where,
+            &where_values,
+            &sort_keys,
+            cursor.as_ref(),
+            count + 1,
+        );
         let rows = conn.query_all_raw(statement(backend, &sql, values)).await?;
         let mut matched = Vec::new();
         for row in rows.iter().take(count as usize) {
-            let stored = stored_from_row(backend, row)?;
-            if rows.len() as u64 > count {
-                next_cursor = Some(stored.id.clone());
+            matched.push(stored_from_row(backend, row)?);
+        }
+        if rows.len() as u64 > count {
+            if let Some(last) = rows.get(count as usize - 1) {
+                next_cursor = Some(Cursor::after_row(last, &sort_keys)?.encode());
             }
-            matched.push(stored);
         }
         match_count = matched.len();
         let keys: Vec<(String, String)> = matched
@@ -255,7 +264,9 @@ async fn search(
             format!("{}/{resource_type}?{query}", base.0)
         }
     };
-    let mut links = vec![json!({"relation": "self", "url": link(cursor.as_deref())})];
+    let mut links = vec![
+        json!({"relation": "self", "url": link(cursor.as_ref().map(Cursor::encode).as_deref())}),
+    ];
     if let Some(after) = &next_cursor {
         links.push(json!({"relation": "next", "url": link(Some(after))}));
     }

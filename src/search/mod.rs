@@ -4,3 +4,4 @@ pub mod criteria;
 pub mod extract;
 pub mod include;
 pub mod params;
+pub mod sort;

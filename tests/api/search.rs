@@ -468,3 +468,110 @@ async fn include_and_revinclude() {
     .await;
     assert!(outcome_text(&body).contains("not a reference"), "{body}");
 }
+
+/// Ids of the matches in page order (not sorted).
+fn ordered_ids(bundle: &Value) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|e| e["search"]["mode"] == "match")
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn next_link(bundle: &Value) -> Option<String> {
+    bundle["link"]
+        .as_array()?
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .and_then(|l| l["url"].as_str())
+        .map(str::to_string)
+}
+
+#[tokio::test]
+async fn sort_orders_results_and_pages_stay_stable() {
+    let app = spawn_app().await;
+    // Values and dates chosen so every order is different from creation order.
+    let fixtures = [
+        (80, "2024-03-03T10:00:00Z"),
+        (60, "2024-03-05T10:00:00Z"),
+        (90, "2024-03-01T10:00:00Z"),
+        (70, "2024-03-04T10:00:00Z"),
+        (75, "2024-03-02T10:00:00Z"),
+    ];
+    let mut by_value = Vec::new();
+    for (value, date) in fixtures {
+        let mut observation = heart_rate("Patient/s", value);
+        observation["effectiveDateTime"] = json!(date);
+        let created = app.create(&observation).await;
+        by_value.push((value, date, created["id"].as_str().unwrap().to_string()));
+    }
+    // One Observation without a date sorts last in both directions.
+    let mut undated = heart_rate("Patient/s", 65);
+    undated.as_object_mut().unwrap().remove("effectiveDateTime");
+    let undated = app.create(&undated).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let mut ascending_dates = by_value.clone();
+    ascending_dates.sort_by_key(|(_, date, _)| *date);
+    let mut expected: Vec<String> = ascending_dates
+        .iter()
+        .map(|(_, _, id)| id.clone())
+        .collect();
+    expected.push(undated.clone());
+    assert_eq!(
+        ordered_ids(&search(&app, "Observation?_sort=date").await),
+        expected
+    );
+
+    let mut expected: Vec<String> = ascending_dates
+        .iter()
+        .rev()
+        .map(|(_, _, id)| id.clone())
+        .collect();
+    expected.push(undated.clone());
+    assert_eq!(
+        ordered_ids(&search(&app, "Observation?_sort=-date").await),
+        expected
+    );
+
+    let mut descending_values = by_value.clone();
+    descending_values.push((65, "", undated.clone()));
+    descending_values.sort_by_key(|(value, _, _)| std::cmp::Reverse(*value));
+    let expected: Vec<String> = descending_values
+        .iter()
+        .map(|(_, _, id)| id.clone())
+        .collect();
+    assert_eq!(
+        ordered_ids(&search(&app, "Observation?_sort=-value-quantity").await),
+        expected
+    );
+
+    // Paging through a sorted search with writes in between: no repeats, nothing lost.
+    let mut seen = Vec::new();
+    let mut next = Some("Observation?_sort=-value-quantity&_count=2".to_string());
+    let mut pages = 0;
+    while let Some(url) = next {
+        let page = search(&app, &url).await;
+        seen.extend(ordered_ids(&page));
+        if pages == 0 {
+            // A new highest value lands before the cursor and must not shift later pages.
+            app.create(&heart_rate("Patient/s", 150)).await;
+        }
+        pages += 1;
+        next = next_link(&page);
+    }
+    assert_eq!(
+        seen, expected,
+        "pages continue exactly where the last one ended"
+    );
+
+    let body = json_with_status(app.get("Observation?_sort=colour").await, 400).await;
+    assert!(outcome_text(&body).contains("colour"));
+    let body = json_with_status(app.get("Observation?_sort=date&_cursor=garbage").await, 400).await;
+    assert!(outcome_text(&body).contains("cursor"));
+}
