@@ -83,7 +83,15 @@ pub fn capability_statement() -> Json {
             "interaction": [
                 {"code": "transaction"},
                 {"code": "batch"},
+                {"code": "search-system"},
                 {"code": "history-system"}
+            ],
+            "compartment": [
+                "http://hl7.org/fhir/CompartmentDefinition/patient",
+                "http://hl7.org/fhir/CompartmentDefinition/encounter",
+                "http://hl7.org/fhir/CompartmentDefinition/relatedPerson",
+                "http://hl7.org/fhir/CompartmentDefinition/practitioner",
+                "http://hl7.org/fhir/CompartmentDefinition/device"
             ]
         }]
     })

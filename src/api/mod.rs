@@ -39,7 +39,7 @@ pub struct AppState {
 pub fn fhir_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(metadata::metadata))
-        .routes(routes!(bundle::batch_or_transaction))
+        .routes(routes!(bundle::batch_or_transaction, search::search_system))
         .routes(routes!(history::system_history))
         .routes(routes!(
             search::search_get,
@@ -53,6 +53,7 @@ pub fn fhir_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(crud::read, crud::update, crud::patch, crud::delete))
         .routes(routes!(validate::validate_instance))
         .routes(routes!(history::instance_history))
+        .routes(routes!(search::search_compartment))
         .routes(routes!(crud::vread))
 }
 

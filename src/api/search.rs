@@ -16,7 +16,8 @@ use super::summary::{FormatParams, Summary};
 use super::{check_type, AppState};
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::outcome::{operation_outcome, Issue, IssueCode};
-use crate::search::criteria::{condition, is_known};
+use crate::search::compartment::Compartments;
+use crate::search::criteria::{condition, is_known, Condition, RESULT_PARAMETERS};
 use crate::search::include::{resolve as resolve_includes, IncludeSpec, MAX_INCLUDED};
 use crate::search::sort::{page_query, parse_sort, Cursor, SortKey};
 use crate::store::sql::statement;
@@ -53,14 +54,79 @@ pub async fn search_get(
     base: BaseUrl,
 ) -> FhirResult<Response> {
     check_type(&resource_type)?;
-    search(
-        &state,
-        &resource_type,
-        query.unwrap_or_default(),
-        &headers,
-        &base,
+    let scope = Scope::Type(resource_type);
+    search(&state, &scope, query.unwrap_or_default(), &headers, &base).await
+}
+
+/// Search the resources in a compartment, e.g. every Observation of one patient.
+#[utoipa::path(
+    get, path = "/fhir/{type}/{id}/{target}", tag = "Search",
+    params(
+        ("type" = String, Path, description = "Compartment type: Patient, Encounter, RelatedPerson, Practitioner or Device", example = "Patient"),
+        ("id" = String, Path, description = "Id of the compartment's resource"),
+        ("target" = String, Path, description = "Resource type to search in the compartment", example = "Observation"),
+        ("_count" = Option<u64>, Query, description = "Page size"),
+    ),
+    responses(
+        (status = 200, description = "searchset Bundle of the matching resources in the compartment", content_type = "application/fhir+json"),
+        (status = 404, description = "Not a compartment, or a type never in it", content_type = "application/fhir+json"),
     )
-    .await
+)]
+pub async fn search_compartment(
+    State(state): State<AppState>,
+    Path((compartment, id, resource_type)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    base: BaseUrl,
+) -> FhirResult<Response> {
+    check_type(&compartment)?;
+    check_type(&resource_type)?;
+    crate::fhir::resource::check_id(&id)?;
+    let scope = Scope::Compartment {
+        compartment,
+        id,
+        resource_type,
+    };
+    search(&state, &scope, query.unwrap_or_default(), &headers, &base).await
+}
+
+/// Search across resource types (`_type=Observation,Device`; all types when absent, with
+/// `_id` and `_lastUpdated` only).
+#[utoipa::path(
+    get, path = "/fhir", tag = "Search",
+    params(
+        ("_type" = Option<String>, Query, description = "Comma-separated resource types to search"),
+        ("_lastUpdated" = Option<String>, Query, description = "Date with prefix, e.g. ge2024-03-01"),
+        ("_count" = Option<u64>, Query, description = "Page size"),
+    ),
+    responses(
+        (status = 200, description = "searchset Bundle", content_type = "application/fhir+json"),
+        (status = 400, description = "Unknown type, or a parameter that needs _type", content_type = "application/fhir+json"),
+    )
+)]
+pub async fn search_system(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    base: BaseUrl,
+) -> FhirResult<Response> {
+    let query = query.unwrap_or_default();
+    let mut types = Vec::new();
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        if name == "_type" {
+            for resource_type in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                if !crate::fhir::definitions::Definitions::get().is_resource_type(resource_type) {
+                    return Err(FhirError::bad_request(format!(
+                        "_type: {resource_type:?} is not a resource type"
+                    )));
+                }
+                if !types.iter().any(|t| t == resource_type) {
+                    types.push(resource_type.to_string());
+                }
+            }
+        }
+    }
+    search(&state, &Scope::System(types), query, &headers, &base).await
 }
 
 /// Search with the parameters in a form body (for long queries).
@@ -97,16 +163,127 @@ pub async fn search_post(
         .filter(|p| !p.is_empty())
         .collect::<Vec<_>>()
         .join("&");
-    search(&state, &resource_type, combined, &headers, &base).await
+    let scope = Scope::Type(resource_type);
+    search(&state, &scope, combined, &headers, &base).await
+}
+
+/// What a search runs over.
+pub enum Scope {
+    /// `GET [type]?…`
+    Type(String),
+    /// `GET [compartment]/[id]/[type]?…`, e.g. `Patient/123/Observation`.
+    Compartment {
+        compartment: String,
+        id: String,
+        resource_type: String,
+    },
+    /// `GET [base]?_type=…`: the listed types, or all when none is listed.
+    System(Vec<String>),
+}
+
+impl Scope {
+    /// The types whose search parameters apply (several only for system search).
+    fn types(&self) -> Vec<&str> {
+        match self {
+            Scope::Type(t)
+            | Scope::Compartment {
+                resource_type: t, ..
+            } => vec![t.as_str()],
+            Scope::System(types) => types.iter().map(String::as_str).collect(),
+        }
+    }
+
+    fn path(&self, base: &BaseUrl) -> String {
+        match self {
+            Scope::Type(t) => format!("{}/{t}", base.0),
+            Scope::Compartment {
+                compartment,
+                id,
+                resource_type,
+            } => format!("{}/{compartment}/{id}/{resource_type}", base.0),
+            Scope::System(_) => base.0.clone(),
+        }
+    }
+
+    /// The condition selecting the scope's current resources, on the row `r`.
+    fn condition(&self) -> FhirResult<(String, Vec<Value>)> {
+        let mut values: Vec<Value> = vec![false.into()];
+        let sql = match self {
+            Scope::Type(t) => {
+                values.push(t.as_str().into());
+                "r.deleted = ? AND r.resource_type = ?".to_string()
+            }
+            Scope::Compartment {
+                compartment,
+                id,
+                resource_type,
+            } => {
+                let member = Compartments::get().condition(compartment, id, resource_type)?;
+                values.push(resource_type.as_str().into());
+                values.extend(member.values);
+                format!("r.deleted = ? AND r.resource_type = ? AND {}", member.sql)
+            }
+            Scope::System(types) if types.is_empty() => "r.deleted = ?".to_string(),
+            Scope::System(types) => {
+                values.extend(types.iter().map(|t| Value::from(t.as_str())));
+                format!(
+                    "r.deleted = ? AND r.resource_type IN ({})",
+                    vec!["?"; types.len()].join(", ")
+                )
+            }
+        };
+        Ok((sql, values))
+    }
+}
+
+/// The condition of one parameter over every type of the scope: for several types, the
+/// resource must match as its own type.
+fn scope_condition(types: &[&str], name: &str, value: &str) -> FhirResult<Option<Condition>> {
+    if let [only] = types {
+        return condition(only, name, value);
+    }
+    let code = name.split([':', '.']).next().unwrap_or(name);
+    if RESULT_PARAMETERS.contains(&code) {
+        return Ok(None);
+    }
+    if types.is_empty() && !matches!(code, "_id" | "_lastUpdated") {
+        return Err(FhirError::bad_request(format!(
+            "searching all types by {name} needs _type naming the types to search"
+        )));
+    }
+    if types.is_empty() {
+        return condition("Resource", name, value);
+    }
+    let mut alternatives = Vec::new();
+    let mut values = Vec::new();
+    for resource_type in types {
+        if let Some(inner) = condition(resource_type, name, value)? {
+            alternatives.push(format!("(r.resource_type = ? AND {})", inner.sql));
+            values.push(Value::from(*resource_type));
+            values.extend(inner.values);
+        } else {
+            return Ok(None);
+        }
+    }
+    Ok(Some(Condition {
+        sql: format!("({})", alternatives.join(" OR ")),
+        values,
+    }))
 }
 
 async fn search(
     state: &AppState,
-    resource_type: &str,
+    scope: &Scope,
     query: String,
     headers: &HeaderMap,
     base: &BaseUrl,
 ) -> FhirResult<Response> {
+    let types = scope.types();
+    // Messages and sort keys speak of the one type searched, or of resources in general.
+    let resource_type = match types.as_slice() {
+        [only] => *only,
+        _ => "Resource",
+    };
     let strict = Prefer::from_headers(headers).strict;
     let format = FormatParams::parse(Some(&query))?;
     let mut used: Vec<(String, String)> = Vec::new();
@@ -119,7 +296,18 @@ async fn search(
     let mut filter_sql = String::new();
     let mut filter_values: Vec<Value> = Vec::new();
     for (name, value) in form_urlencoded::parse(query.as_bytes()).into_owned() {
-        if !is_known(resource_type, &name) {
+        if name == "_type" {
+            used.push((name, value));
+            continue;
+        }
+        let known = if types.is_empty() {
+            is_known("Resource", &name)
+                || name.starts_with("_id")
+                || name.starts_with("_lastUpdated")
+        } else {
+            types.iter().all(|t| is_known(t, &name))
+        };
+        if !known {
             if strict {
                 return Err(FhirError::bad_request(format!(
                     "{name:?} is not a search parameter of {resource_type} (Prefer: handling=strict)"
@@ -153,7 +341,7 @@ async fn search(
                 continue;
             }
             _ => {
-                if let Some(condition) = condition(resource_type, &name, &value)? {
+                if let Some(condition) = scope_condition(&types, &name, &value)? {
                     filter_sql.push_str(" AND ");
                     filter_sql.push_str(&condition.sql);
                     filter_values.extend(condition.values);
@@ -171,11 +359,11 @@ async fn search(
     let conn = state.store.connection();
     let backend = conn.get_database_backend();
     let want_total = total_wanted || format.summary == Summary::Count;
+    let (scope_sql, scope_values) = scope.condition()?;
     let total = if want_total {
-        let count_sql = format!(
-            "SELECT COUNT(*) AS n FROM resources r WHERE r.resource_type = ? AND r.deleted = ?{filter_sql}"
-        );
-        let mut count_values: Vec<Value> = vec![resource_type.into(), false.into()];
+        let count_sql =
+            format!("SELECT COUNT(*) AS n FROM resources r WHERE {scope_sql}{filter_sql}");
+        let mut count_values: Vec<Value> = scope_values.clone();
         count_values.extend(filter_values.iter().cloned());
         let row = conn
             .query_one_raw(statement(backend, &count_sql, count_values))
@@ -192,9 +380,8 @@ async fn search(
     let mut match_count = 0;
     let mut warnings: Vec<Issue> = Vec::new();
     if format.summary != Summary::Count && count > 0 {
-        let from_where =
-            format!("FROM resources r WHERE r.resource_type = ? AND r.deleted = ?{filter_sql}");
-        let mut where_values: Vec<Value> = vec![resource_type.into(), false.into()];
+        let from_where = format!("FROM resources r WHERE {scope_sql}{filter_sql}");
+        let mut where_values: Vec<Value> = scope_values.clone();
         where_values.extend(filter_values.iter().cloned());
         let (sql, values) = page_query(
             &from_where,
@@ -259,9 +446,9 @@ async fn search(
         }
         let query = serializer.finish();
         if query.is_empty() {
-            format!("{}/{resource_type}", base.0)
+            scope.path(base)
         } else {
-            format!("{}/{resource_type}?{query}", base.0)
+            format!("{}?{query}", scope.path(base))
         }
     };
     let mut links = vec![

@@ -1,5 +1,6 @@
 //! Search: the R4 search parameter registry, index-value extraction, and search criteria
 //! as SQL conditions.
+pub mod compartment;
 pub mod criteria;
 pub mod extract;
 pub mod include;

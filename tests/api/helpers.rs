@@ -41,8 +41,8 @@ impl TestApp {
     pub fn url(&self, path: &str) -> String {
         if path.starts_with("http") {
             path.to_string()
-        } else if path.is_empty() {
-            self.base.clone()
+        } else if path.is_empty() || path.starts_with('?') {
+            format!("{}{path}", self.base)
         } else {
             format!("{}/{}", self.base, path.trim_start_matches('/'))
         }

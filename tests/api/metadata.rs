@@ -44,7 +44,10 @@ async fn capability_statement_lists_every_type_and_interaction() {
         .iter()
         .map(|i| i["code"].as_str().unwrap())
         .collect();
-    assert_eq!(system, vec!["transaction", "batch", "history-system"]);
+    assert_eq!(
+        system,
+        vec!["transaction", "batch", "search-system", "history-system"]
+    );
     assert_eq!(
         statement["implementation"]["url"],
         app.base.as_str(),

@@ -575,3 +575,84 @@ async fn sort_orders_results_and_pages_stay_stable() {
     let body = json_with_status(app.get("Observation?_sort=date&_cursor=garbage").await, 400).await;
     assert!(outcome_text(&body).contains("cursor"));
 }
+
+#[tokio::test]
+async fn compartment_and_system_search() {
+    let app = spawn_app().await;
+    let peter = app.create(&patient("CMP1")).await;
+    let anna = app.create(&patient("CMP2")).await;
+    let peter_id = peter["id"].as_str().unwrap().to_string();
+    let peter_ref = format!("Patient/{peter_id}");
+    let hr = app.create(&heart_rate(&peter_ref, 70)).await;
+    let fast = app.create(&heart_rate(&peter_ref, 130)).await;
+    app.create(&heart_rate(
+        &format!("Patient/{}", anna["id"].as_str().unwrap()),
+        80,
+    ))
+    .await;
+    let encounter = app
+        .create(&json!({"resourceType": "Encounter", "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+            "subject": {"reference": peter_ref}}))
+        .await;
+    let id = |r: &Value| r["id"].as_str().unwrap().to_string();
+    let mut both = vec![id(&hr), id(&fast)];
+    both.sort();
+
+    assert_eq!(
+        ids(&search(&app, &format!("Patient/{peter_id}/Observation")).await),
+        both
+    );
+    assert_eq!(
+        ids(&search(
+            &app,
+            &format!("Patient/{peter_id}/Observation?value-quantity=gt100")
+        )
+        .await),
+        vec![id(&fast)]
+    );
+    assert_eq!(
+        ids(&search(&app, &format!("Patient/{peter_id}/Encounter")).await),
+        vec![id(&encounter)]
+    );
+    // The patient is in its own compartment.
+    assert_eq!(
+        ids(&search(&app, &format!("Patient/{peter_id}/Patient")).await),
+        vec![peter_id.clone()]
+    );
+    let page = search(&app, &format!("Patient/{peter_id}/Observation?_count=1")).await;
+    let next = page["link"][1]["url"].as_str().unwrap();
+    assert!(
+        next.contains(&format!("/Patient/{peter_id}/Observation?")),
+        "{next}"
+    );
+    json_with_status(app.get("Observation/x/Patient").await, 404).await;
+
+    // System search over listed types, with parameters that each type knows.
+    let bundle = search(
+        &app,
+        &format!("?_type=Observation,Encounter&subject={peter_ref}"),
+    )
+    .await;
+    let mut expected = vec![id(&hr), id(&fast), id(&encounter)];
+    expected.sort();
+    assert_eq!(ids(&bundle), expected);
+    let bundle = search(&app, "?_type=Patient&identifier=CMP2").await;
+    assert_eq!(ids(&bundle), vec![id(&anna)]);
+    let bundle = search(&app, &format!("?_id={peter_id}")).await;
+    assert_eq!(ids(&bundle), vec![peter_id.clone()]);
+    assert_eq!(search(&app, "?_summary=count").await["total"], 6);
+    // Without _type, a type-specific parameter is unknown: reported, or refused when strict.
+    let lenient = search(&app, "?identifier=CMP2").await;
+    assert!(lenient
+        .to_string()
+        .contains("ignored search parameters: identifier"));
+    let strict = app
+        .request(Method::GET, "?identifier=CMP2")
+        .header("prefer", "handling=strict")
+        .send()
+        .await
+        .unwrap();
+    json_with_status(strict, 400).await;
+    json_with_status(app.get("?_type=Nothing").await, 400).await;
+}
