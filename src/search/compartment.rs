@@ -115,8 +115,8 @@ impl Compartments {
         }
         if !params.is_empty() {
             alternatives.push(format!(
-                "EXISTS (SELECT 1 FROM search_reference c WHERE c.resource_type = ? \
-                 AND c.resource_id = r.id AND c.param IN ({}) AND c.target_type = ? AND c.target_id = ?)",
+                "r.id IN (SELECT c.resource_id FROM search_reference c WHERE c.resource_type = ? \
+                 AND c.param IN ({}) AND c.target_type = ? AND c.target_id = ?)",
                 vec!["?"; params.len()].join(", ")
             ));
             values.push(resource_type.into());

@@ -1,5 +1,5 @@
 //! Search criteria to SQL: each `name[:modifier]=value[,value…]` becomes one condition on
-//! the `resources` row aliased `r`, usually an `EXISTS` over an index table. Values
+//! the `resources` row aliased `r`, usually `r.id IN (…)` over an index table. Values
 //! separated by commas are alternatives (OR); repeated parameters must all hold (AND).
 //!
 //! Used by conditional interactions now and by the search API; the implicit ranges follow
@@ -296,7 +296,7 @@ fn condition_on(
     )))
 }
 
-/// `EXISTS (SELECT 1 FROM table WHERE <same resource> AND param = ? AND (p1 OR p2…))`.
+/// `owner.id IN (SELECT resource_id FROM table WHERE param = ? AND (p1 OR p2…))`.
 fn exists(
     owner: &str,
     table: &str,
@@ -313,10 +313,12 @@ fn exists(
         .join(" OR ");
     let mut values: Vec<Value> = vec![resource_type.into(), param.into()];
     values.extend(part_values);
+    // `id IN (uncorrelated subquery)` lets both databases start from the index entries
+    // (a correlated EXISTS would visit every resource of the type).
     Condition {
         sql: format!(
-            "{}EXISTS (SELECT 1 FROM {table} {alias} WHERE {alias}.resource_type = ? \
-             AND {alias}.resource_id = {owner}.id AND {alias}.param = ? AND ({alternatives}))",
+            "{owner}.id {}IN (SELECT {alias}.resource_id FROM {table} {alias} \
+             WHERE {alias}.resource_type = ? AND {alias}.param = ? AND ({alternatives}))",
             if negate { "NOT " } else { "" }
         ),
         values,
@@ -364,12 +366,14 @@ fn chain_condition(
         // Targets without the chained parameter cannot match; skip them.
         match condition_on(target_type, chained, value, depth + 1) {
             Ok(Some(inner)) => {
+                // Uncorrelated: the matching targets are found first, from their index.
                 alternatives.push(format!(
-                    "(f{depth}.target_type = ? AND EXISTS (SELECT 1 FROM resources {target} \
-                     WHERE {target}.resource_type = f{depth}.target_type \
-                     AND {target}.id = f{depth}.target_id AND {target}.deleted = ? AND {}))",
+                    "(f{depth}.target_type = ? AND f{depth}.target_id IN (SELECT {target}.id \
+                     FROM resources {target} WHERE {target}.resource_type = ? \
+                     AND {target}.deleted = ? AND {}))",
                     inner.sql
                 ));
+                values.push(target_type.as_str().into());
                 values.push(target_type.as_str().into());
                 values.push(false.into());
                 values.extend(inner.values);
@@ -387,8 +391,8 @@ fn chain_condition(
     }
     Ok(Condition {
         sql: format!(
-            "EXISTS (SELECT 1 FROM search_reference f{depth} WHERE f{depth}.resource_type = ? \
-             AND f{depth}.resource_id = {owner}.id AND f{depth}.param = ? AND ({}))",
+            "{owner}.id IN (SELECT f{depth}.resource_id FROM search_reference f{depth} \
+             WHERE f{depth}.resource_type = ? AND f{depth}.param = ? AND ({}))",
             alternatives.join(" OR ")
         ),
         values,
@@ -440,10 +444,11 @@ fn has_condition(
     values.extend(inner.values);
     Ok(Condition {
         sql: format!(
-            "EXISTS (SELECT 1 FROM search_reference h{depth} JOIN resources {source} \
-             ON {source}.resource_type = h{depth}.resource_type AND {source}.id = h{depth}.resource_id \
+            "{owner}.id IN (SELECT h{depth}.target_id FROM search_reference h{depth} \
+             JOIN resources {source} ON {source}.resource_type = h{depth}.resource_type \
+             AND {source}.id = h{depth}.resource_id \
              WHERE h{depth}.resource_type = ? AND h{depth}.param = ? AND h{depth}.target_type = ? \
-             AND h{depth}.target_id = {owner}.id AND {source}.deleted = ? AND {})",
+             AND {source}.deleted = ? AND {})",
             inner.sql
         ),
         values,
@@ -620,8 +625,8 @@ fn missing_condition(
         .ok_or_else(|| FhirError::bad_request(format!("{code}:missing is not supported")))?;
     Ok(Condition {
         sql: format!(
-            "{}EXISTS (SELECT 1 FROM {table} {alias} WHERE {alias}.resource_type = {owner}.resource_type \
-             AND {alias}.resource_id = {owner}.id AND {alias}.param = ?)",
+            "{owner}.id {}IN (SELECT {alias}.resource_id FROM {table} {alias} \
+             WHERE {alias}.resource_type = {owner}.resource_type AND {alias}.param = ?)",
             if missing { "NOT " } else { "" }
         ),
         values: vec![code.into()],
