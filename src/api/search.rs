@@ -18,11 +18,12 @@ use crate::error::{FhirError, FhirResult};
 use crate::fhir::outcome::{operation_outcome, Issue, IssueCode};
 use crate::search::compartment::Compartments;
 use crate::search::criteria::{condition, is_known, Condition, RESULT_PARAMETERS};
-use crate::search::include::{resolve as resolve_includes, IncludeSpec, MAX_INCLUDED};
+use crate::search::include::{
+    fetch_current, resolve as resolve_includes, IncludeSpec, MAX_INCLUDED,
+};
 use crate::search::sort::{page_query, parse_sort, Cursor, SortKey};
 use crate::store::sql::statement;
 use crate::store::time::instant;
-use crate::store::versions::stored_from_row;
 
 pub const DEFAULT_COUNT: u64 = 50;
 pub const MAX_COUNT: u64 = 1000;
@@ -391,20 +392,29 @@ async fn search(
             count + 1,
         );
         let rows = conn.query_all_raw(statement(backend, &sql, values)).await?;
-        let mut matched = Vec::new();
+        let mut keys: Vec<(String, String)> = Vec::new();
         for row in rows.iter().take(count as usize) {
-            matched.push(stored_from_row(backend, row)?);
+            keys.push((row.try_get("", "resource_type")?, row.try_get("", "id")?));
         }
         if rows.len() as u64 > count {
             if let Some(last) = rows.get(count as usize - 1) {
                 next_cursor = Some(Cursor::after_row(last, &sort_keys)?.encode());
             }
         }
-        match_count = matched.len();
-        let keys: Vec<(String, String)> = matched
+        // The page query ordered ids only; the bodies of just this page are read now.
+        let mut matched = fetch_current(conn, &keys).await?;
+        let position: std::collections::HashMap<(&str, &str), usize> = keys
             .iter()
-            .map(|m| (m.resource_type.clone(), m.id.clone()))
+            .enumerate()
+            .map(|(i, (t, id))| ((t.as_str(), id.as_str()), i))
             .collect();
+        matched.sort_by_key(|m| {
+            position
+                .get(&(m.resource_type.as_str(), m.id.as_str()))
+                .copied()
+                .unwrap_or(usize::MAX)
+        });
+        match_count = matched.len();
         let (included, truncated) = if includes.is_empty() {
             (Vec::new(), false)
         } else {

@@ -46,6 +46,8 @@ enum Scenario {
     Create,
     /// GET Observations by id (created first).
     Read,
+    /// Search the Observations of one patient by code, newest first, 10 per page.
+    Search,
 }
 
 struct Totals {
@@ -93,6 +95,7 @@ async fn main() {
                 let result = match args.scenario {
                     Scenario::Create => create(&client, &args, worker, n).await,
                     Scenario::Read => read(&client, &args, &ids, worker, n).await,
+                    Scenario::Search => search(&client, &args, worker, n).await,
                 };
                 let elapsed = started.elapsed();
                 if !measuring.load(Ordering::Relaxed) {
@@ -144,7 +147,11 @@ async fn main() {
         println!(
             "{}",
             json!({
-                "scenario": match args.scenario { Scenario::Create => "create", Scenario::Read => "read" },
+                "scenario": match args.scenario {
+                    Scenario::Create => "create",
+                    Scenario::Read => "read",
+                    Scenario::Search => "search",
+                },
                 "clients": args.clients, "seconds": elapsed, "ok": ok, "errors": errors,
                 "per_second": throughput, "p50_ms": pct(50.0), "p95_ms": pct(95.0), "p99_ms": pct(99.0),
                 "max_ms": pct(100.0)
@@ -240,6 +247,30 @@ async fn read(
 ) -> Result<(), String> {
     let id = &ids[(worker + n as usize) % ids.len()];
     let response = authorized(client.get(format!("{}/Observation/{id}", args.base)), args)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let _ = response.bytes().await;
+    if status.as_u16() == 200 {
+        Ok(())
+    } else {
+        Err(status.to_string())
+    }
+}
+
+async fn search(
+    client: &reqwest::Client,
+    args: &Args,
+    worker: usize,
+    n: u64,
+) -> Result<(), String> {
+    let url = format!(
+        "{}/Observation?subject=Patient/load-{}&code=http://loinc.org|8867-4&_sort=-date&_count=10",
+        args.base,
+        (worker + n as usize) % 8
+    );
+    let response = authorized(client.get(url), args)
         .send()
         .await
         .map_err(|e| e.to_string())?;

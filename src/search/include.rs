@@ -124,7 +124,7 @@ pub async fn resolve(
         }
         let truncated = included.len() + found.len() > MAX_INCLUDED;
         found.truncate(MAX_INCLUDED.saturating_sub(included.len()));
-        let resources = fetch(conn, &found).await?;
+        let resources = fetch_current(conn, &found).await?;
         frontier = resources
             .iter()
             .map(|r| (r.resource_type.clone(), r.id.clone()))
@@ -205,7 +205,7 @@ async fn referring(
 }
 
 /// Current, non-deleted resources by (type, id).
-async fn fetch(
+pub async fn fetch_current(
     conn: &impl ConnectionTrait,
     keys: &[(String, String)],
 ) -> FhirResult<Vec<StoredResource>> {

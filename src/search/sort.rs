@@ -173,7 +173,8 @@ impl Cursor {
     }
 }
 
-/// The page query: `from_where` is `FROM resources r WHERE …` with its bind values.
+/// The page query: `from_where` is `FROM resources r WHERE …` with its bind values. It
+/// returns `resource_type`, `id` and the sort keys `s0…` of at most `limit` rows.
 pub fn page_query(
     from_where: &str,
     filter_values: &[Value],
@@ -182,9 +183,9 @@ pub fn page_query(
     limit: u64,
 ) -> (String, Vec<Value>) {
     let mut values = Vec::new();
-    let mut select = String::from(
-        "SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.content",
-    );
+    // Ids and sort keys only: bodies are read for the page alone, not for every row the
+    // database has to order.
+    let mut select = String::from("SELECT r.resource_type, r.id");
     for (i, key) in keys.iter().enumerate() {
         select.push_str(&format!(", {} AS s{i}", key.expression));
         values.extend(key.values.iter().cloned());
