@@ -47,6 +47,20 @@ pub fn capability_statement() -> Json {
         .iter()
         .map(|resource_type| {
             let search_params = search_params(resource_type);
+            let mut operations = vec![json!({
+                "name": "validate",
+                "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"
+            })];
+            if resource_type.as_str() == "Observation" {
+                operations.push(json!({
+                    "name": "lastn",
+                    "definition": "http://hl7.org/fhir/OperationDefinition/Observation-lastn"
+                }));
+                operations.push(json!({
+                    "name": "stats",
+                    "definition": "http://hl7.org/fhir/OperationDefinition/Observation-stats"
+                }));
+            }
             json!({
                 "type": resource_type,
                 "profile": format!("http://hl7.org/fhir/StructureDefinition/{resource_type}"),
@@ -59,10 +73,7 @@ pub fn capability_statement() -> Json {
                 "conditionalUpdate": true,
                 "conditionalDelete": "single",
                 "searchParam": search_params,
-                "operation": [{
-                    "name": "validate",
-                    "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"
-                }]
+                "operation": operations
             })
         })
         .collect();

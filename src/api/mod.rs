@@ -7,6 +7,7 @@ pub mod extract;
 pub mod history;
 pub mod metadata;
 pub mod negotiate;
+pub mod observation_ops;
 pub mod openapi;
 pub mod respond;
 pub mod search;
@@ -49,6 +50,8 @@ pub fn fhir_routes() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(search::search_post))
         .routes(routes!(history::type_history))
+        .routes(routes!(observation_ops::lastn, observation_ops::lastn_post))
+        .routes(routes!(observation_ops::stats, observation_ops::stats_post))
         .routes(routes!(validate::validate_type))
         .routes(routes!(crud::read, crud::update, crud::patch, crud::delete))
         .routes(routes!(validate::validate_instance))

@@ -4,5 +4,6 @@ pub mod compartment;
 pub mod criteria;
 pub mod extract;
 pub mod include;
+pub mod observation_stats;
 pub mod params;
 pub mod sort;

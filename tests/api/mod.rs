@@ -8,6 +8,7 @@ mod errors;
 mod helpers;
 mod history;
 mod metadata;
+mod observation_ops;
 mod openapi;
 mod search;
 mod validation;
