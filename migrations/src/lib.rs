@@ -7,6 +7,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261124_000001_resources;
 mod m20261124_000002_search_index;
+mod m20261124_000003_search_composite;
 
 pub struct Migrator;
 
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261124_000001_resources::Migration),
             Box::new(m20261124_000002_search_index::Migration),
+            Box::new(m20261124_000003_search_composite::Migration),
         ]
     }
 }

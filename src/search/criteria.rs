@@ -2,15 +2,26 @@
 //! the `resources` row aliased `r`, usually `r.id IN (…)` over an index table. Values
 //! separated by commas are alternatives (OR); repeated parameters must all hold (AND).
 //!
-//! Used by conditional interactions now and by the search API; the implicit ranges follow
-//! the R4 search specification (a date or decimal matches the range its precision
-//! implies).
+//! Used by conditional interactions and by the search API. Matching follows the R4 search
+//! specification: a date or decimal search value stands for the range its precision
+//! implies; prefixes compare ranges (see [`date_match`], [`number_match`]); composite
+//! parameters match all their components on the same combination ([`composite_condition`]).
+//!
+//! Modifiers: string `:exact`, `:contains`, `:text`; token `:not`, `:text`, `:of-type`,
+//! `:in`, `:not-in`; reference `:[type]`, `:identifier`; uri `:above`, `:below`; `:missing`
+//! on every type. Refused with 400 and the reason: token and reference `:above`/`:below`
+//! (subsumption needs a terminology server, hierarchies a resolver), `:in` with a value set
+//! the server cannot expand, `near`, `_text`, `_content`, `_query`.
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use axum::http::StatusCode;
 use sea_orm::Value;
 
 use super::extract::{normalize, parse_date_range};
-use super::params::{ParamType, SearchParams};
+use super::params::{ParamType, SearchParamDef, SearchParams};
 use crate::error::{FhirError, FhirResult};
+use crate::fhir::outcome::IssueCode;
 
 /// A SQL condition with its bind values, in `?` placeholder order.
 #[derive(Debug, Clone, Default)]
@@ -113,56 +124,95 @@ fn condition_on(
             ))
         })?;
     let param_type = definition.param_type;
+    if let Some(reason) = unsupported_parameter(definition) {
+        return Err(not_supported(format!("{code}: {reason}")));
+    }
     if modifier == Some("missing") {
-        return Ok(Some(missing_condition(owner, param_type, code, value)?));
+        return Ok(Some(missing_condition(
+            owner,
+            resource_type,
+            param_type,
+            code,
+            value,
+        )?));
     }
     let alternatives = split_values(value);
     check_alternatives(name, alternatives.len())?;
+    if param_type == ParamType::Composite {
+        return composite_condition(owner, resource_type, definition, modifier, &alternatives)
+            .map(Some);
+    }
+    if param_type == ParamType::String && modifier == Some("text") {
+        return string_text_condition(owner, resource_type, code, &alternatives).map(Some);
+    }
     let (table, alias) = table_of(param_type).ok_or_else(|| {
-        FhirError::bad_request(format!(
-            "searching by the {} parameter {code} is not supported yet",
+        not_supported(format!(
+            "searching by the {} parameter {code} is not supported",
             param_type.as_str()
         ))
     })?;
-    let mut indexed_param = code.to_string();
     let mut parts = Vec::new();
     let mut values: Vec<Value> = Vec::new();
     let mut negate = false;
     match (param_type, modifier) {
-        (ParamType::Token, None | Some("not")) => {
-            negate = modifier == Some("not");
+        (_, None) => {
             for alternative in &alternatives {
-                token_match(alias, alternative, &mut parts, &mut values);
+                parts.push(value_match(
+                    param_type,
+                    code,
+                    alias,
+                    Layout::Typed,
+                    alternative,
+                    &mut values,
+                )?);
+            }
+        }
+        (ParamType::Token, Some("not")) => {
+            negate = true;
+            for alternative in &alternatives {
+                parts.push(token_match(alias, alternative, &mut values));
             }
         }
         (ParamType::Token, Some("text")) => {
+            // `display` holds Coding.display and CodeableConcept.text, normalized.
             for alternative in &alternatives {
                 parts.push(format!(
-                    "{alias}.display IS NOT NULL AND LOWER({alias}.display) LIKE ? ESCAPE '\\'"
+                    "{alias}.display IS NOT NULL AND {}",
+                    words_match(&format!("{alias}.display"), name, alternative, &mut values)?
                 ));
-                values.push(format!("{}%", escape_like(&alternative.to_lowercase())).into());
             }
         }
-        (ParamType::String, None | Some("exact") | Some("contains")) => {
+        (ParamType::Token, Some("of-type")) => {
             for alternative in &alternatives {
-                match modifier {
-                    Some("exact") => {
-                        parts.push(format!("{alias}.exact = ?"));
-                        values.push(alternative.as_str().into());
-                    }
-                    Some("contains") => {
-                        parts.push(format!("{alias}.normalized LIKE ? ESCAPE '\\'"));
-                        values.push(format!("%{}%", escape_like(&normalize(alternative))).into());
-                    }
-                    _ => {
-                        parts.push(format!("{alias}.normalized LIKE ? ESCAPE '\\'"));
-                        values.push(format!("{}%", escape_like(&normalize(alternative))).into());
-                    }
+                parts.push(of_type_match(alias, name, alternative, &mut values)?);
+            }
+        }
+        (ParamType::Token, Some(m @ ("in" | "not-in"))) => {
+            negate = m == "not-in";
+            for alternative in &alternatives {
+                parts.push(value_set_match(alias, name, alternative, &mut values)?);
+            }
+        }
+        (ParamType::Token, Some(m @ ("above" | "below"))) => {
+            return Err(not_supported(format!(
+                "{name}: :{m} needs subsumption (is-a) testing against a terminology server, \
+                 which this server does not have; list the codes of the hierarchy instead \
+                 ({code}=system|code1,system|code2) or use {code}:in with a value set"
+            )));
+        }
+        (ParamType::String, Some(m @ ("exact" | "contains"))) => {
+            for alternative in &alternatives {
+                if m == "exact" {
+                    parts.push(format!("{alias}.exact = ?"));
+                    values.push(alternative.as_str().into());
+                } else {
+                    parts.push(format!("{alias}.normalized LIKE ? ESCAPE '\\'"));
+                    values.push(format!("%{}%", escape_like(&normalize(alternative))).into());
                 }
             }
         }
         (ParamType::Reference, Some("identifier")) => {
-            indexed_param = format!("{code}:identifier");
+            let indexed_param = format!("{code}:identifier");
             return Ok(Some(exists(
                 owner,
                 "search_token",
@@ -172,116 +222,57 @@ fn condition_on(
                 alternatives
                     .iter()
                     .fold((Vec::new(), Vec::new()), |(mut p, mut v), a| {
-                        token_match("t", a, &mut p, &mut v);
+                        p.push(token_match("t", a, &mut v));
                         (p, v)
                     }),
                 false,
             )));
         }
-        (ParamType::Reference, target_type) => {
-            if let Some(t) = target_type {
-                if !crate::fhir::definitions::Definitions::get().is_resource_type(t) {
-                    return Err(FhirError::bad_request(format!(
-                        "unsupported modifier :{t} on {code}; use a resource type such as :Patient or :identifier"
-                    )));
-                }
-            }
+        (ParamType::Reference, Some(m @ ("above" | "below"))) => {
+            return Err(not_supported(format!(
+                "{name}: :{m} on references (resources in a hierarchy, such as Location.partOf) \
+                 is not supported; search each level with {code}=Type/id"
+            )));
+        }
+        (ParamType::Reference, Some(target_type))
+            if crate::fhir::definitions::Definitions::get().is_resource_type(target_type) =>
+        {
             for alternative in &alternatives {
-                reference_match(alias, alternative, target_type, &mut parts, &mut values);
+                reference_match(
+                    alias,
+                    alternative,
+                    Some(target_type),
+                    &mut parts,
+                    &mut values,
+                );
             }
         }
-        (ParamType::Uri, None | Some("below")) => {
+        (ParamType::Uri, Some(m @ ("above" | "below"))) => {
             for alternative in &alternatives {
-                if modifier == Some("below") {
+                if alternative.starts_with("urn:") {
+                    return Err(FhirError::bad_request(format!(
+                        "{name}={alternative}: :above and :below apply to URLs, not to URNs \
+                         such as OIDs; search {code}={alternative} for the exact value"
+                    )));
+                }
+                if m == "below" {
+                    // The stored URL starts with the value.
                     parts.push(format!("{alias}.value LIKE ? ESCAPE '\\'"));
                     values.push(format!("{}%", escape_like(alternative)).into());
                 } else {
-                    parts.push(format!("{alias}.value = ?"));
+                    // The stored URL is the value or a prefix of it.
+                    parts.push(format!(
+                        "{alias}.value <> '' AND {alias}.value = SUBSTR(?, 1, LENGTH({alias}.value))"
+                    ));
                     values.push(alternative.as_str().into());
                 }
             }
         }
-        (ParamType::Date, None) => {
-            for alternative in &alternatives {
-                let (prefix, text) = split_prefix(alternative);
-                let (low, high) = parse_date_range(text).ok_or_else(|| {
-                    FhirError::bad_request(format!(
-                        "{code}={alternative} is not a date such as 2024-03-01 or 2024-03-01T10:00:00Z"
-                    ))
-                })?;
-                parts.push(range_match(
-                    alias,
-                    prefix,
-                    "low",
-                    "high",
-                    &mut values,
-                    low.into(),
-                    high.into(),
-                )?);
-            }
-        }
-        (ParamType::Number, None) => {
-            for alternative in &alternatives {
-                let (prefix, text) = split_prefix(alternative);
-                let (low, high) = decimal_range(code, text)?;
-                parts.push(range_match(
-                    alias,
-                    prefix,
-                    "low",
-                    "high",
-                    &mut values,
-                    low.into(),
-                    high.into(),
-                )?);
-            }
-        }
-        (ParamType::Quantity, None) => {
-            for alternative in &alternatives {
-                let mut pieces = split_unescaped(alternative, '|').into_iter();
-                let number = pieces.next().unwrap_or_default();
-                let system = pieces.next().filter(|s| !s.is_empty());
-                let unit = pieces.next().filter(|s| !s.is_empty());
-                let (prefix, text) = split_prefix(&number);
-                let (low, high) = decimal_range(code, text)?;
-                let mut part = range_match(
-                    alias,
-                    prefix,
-                    "low",
-                    "high",
-                    &mut values,
-                    low.into(),
-                    high.into(),
-                )?;
-                match (system, unit) {
-                    (Some(system), Some(unit)) => {
-                        part.push_str(&format!(" AND {alias}.system = ? AND {alias}.code = ?"));
-                        values.push(system.into());
-                        values.push(unit.into());
-                    }
-                    (None, Some(unit)) => {
-                        part.push_str(&format!(" AND ({alias}.code = ? OR {alias}.unit = ?)"));
-                        values.push(unit.clone().into());
-                        values.push(unit.into());
-                    }
-                    (Some(system), None) => {
-                        part.push_str(&format!(" AND {alias}.system = ?"));
-                        values.push(system.into());
-                    }
-                    (None, None) => {}
-                }
-                parts.push(part);
-            }
-        }
         (_, Some(modifier)) => {
-            return Err(FhirError::bad_request(format!(
-                "the modifier :{modifier} is not supported on the {} parameter {code}",
-                param_type.as_str()
-            )))
-        }
-        (ParamType::Composite | ParamType::Special, None) => {
-            return Err(FhirError::bad_request(format!(
-                "searching by the {} parameter {code} is not supported yet",
-                param_type.as_str()
+            return Err(not_supported(format!(
+                "the modifier :{modifier} is not supported on the {} parameter {code}; {}",
+                param_type.as_str(),
+                supported_modifiers(param_type)
             )))
         }
     }
@@ -290,10 +281,401 @@ fn condition_on(
         table,
         alias,
         resource_type,
-        &indexed_param,
+        code,
         (parts, values),
         negate,
     )))
+}
+
+fn not_supported(message: String) -> FhirError {
+    FhirError::not_supported(StatusCode::BAD_REQUEST, message)
+}
+
+/// Why a parameter of the registry cannot be searched, if it cannot.
+fn unsupported_parameter(definition: &SearchParamDef) -> Option<&'static str> {
+    if definition.param_type == ParamType::Special {
+        return Some(
+            "special parameters (near: Location.position) need a geographic index, which this \
+             server does not have",
+        );
+    }
+    if definition.expression.is_none() {
+        return Some(match &*definition.code {
+            "_text" | "_content" => {
+                "full-text search is not supported; search the string parameters (with \
+                 :contains or :text) or the token parameters with :text"
+            }
+            "_query" => "named queries are not supported",
+            _ => "this parameter has no expression to index, so it cannot be searched",
+        });
+    }
+    None
+}
+
+/// The modifiers this server supports, per parameter type, for error messages.
+fn supported_modifiers(param_type: ParamType) -> &'static str {
+    match param_type {
+        ParamType::Token => "supported: :missing, :not, :text, :of-type, :in, :not-in",
+        ParamType::String => "supported: :missing, :exact, :contains, :text",
+        ParamType::Reference => "supported: :missing, :identifier and a resource type (:Patient)",
+        ParamType::Uri => "supported: :missing, :above, :below",
+        ParamType::Composite => "composite parameters take only :missing",
+        _ => "supported: :missing (compare with a prefix such as ge or lt instead)",
+    }
+}
+
+/// Which index a value is matched against: the per-type table of the parameter, or the
+/// component rows of `search_composite` (where dates are in `date_low`/`date_high` and
+/// URIs in `url`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    Typed,
+    Composite,
+}
+
+/// The condition for one plain value (no modifier) of a parameter of type `param_type`,
+/// on the index row aliased `alias`.
+fn value_match(
+    param_type: ParamType,
+    code: &str,
+    alias: &str,
+    layout: Layout,
+    text: &str,
+    values: &mut Vec<Value>,
+) -> FhirResult<String> {
+    Ok(match param_type {
+        ParamType::Token => token_match(alias, text, values),
+        ParamType::String => {
+            values.push(format!("{}%", escape_like(&normalize(text))).into());
+            format!("{alias}.normalized LIKE ? ESCAPE '\\'")
+        }
+        ParamType::Date => {
+            let (prefix, date) = split_prefix(text);
+            let (low, high) = parse_date_range(date).ok_or_else(|| {
+                FhirError::bad_request(format!(
+                    "{code}={text} is not a date such as 2024-03-01 or 2024-03-01T10:00:00Z \
+                     (with an optional prefix such as ge)"
+                ))
+            })?;
+            let (low_col, high_col) = match layout {
+                Layout::Typed => ("low", "high"),
+                Layout::Composite => ("date_low", "date_high"),
+            };
+            date_match(alias, prefix, low_col, high_col, (low, high), values)?
+        }
+        ParamType::Number => {
+            let (prefix, number) = split_prefix(text);
+            let range = decimal_range(code, number)?;
+            number_match(alias, prefix, range, values)?
+        }
+        ParamType::Quantity => quantity_match(code, alias, text, values)?,
+        ParamType::Reference => {
+            let mut parts = Vec::new();
+            reference_match(alias, text, None, &mut parts, values);
+            parts.join(" OR ")
+        }
+        ParamType::Uri => {
+            let column = match layout {
+                Layout::Typed => "value",
+                Layout::Composite => "url",
+            };
+            values.push(text.into());
+            format!("{alias}.{column} = ?")
+        }
+        ParamType::Composite | ParamType::Special => {
+            return Err(not_supported(format!(
+                "{code}: a {} value cannot be searched here",
+                param_type.as_str()
+            )))
+        }
+    })
+}
+
+/// `[prefix]number[|system|code]`, on the columns `low`/`high`, `system`, `code`, `unit`.
+fn quantity_match(
+    code: &str,
+    alias: &str,
+    text: &str,
+    values: &mut Vec<Value>,
+) -> FhirResult<String> {
+    let mut pieces = split_unescaped(text, '|').into_iter();
+    let number = pieces.next().unwrap_or_default();
+    let system = pieces.next().filter(|s| !s.is_empty());
+    let unit = pieces.next().filter(|s| !s.is_empty());
+    let (prefix, number) = split_prefix(&number);
+    let range = decimal_range(code, number)?;
+    let mut part = number_match(alias, prefix, range, values)?;
+    match (system, unit) {
+        (Some(system), Some(unit)) => {
+            part.push_str(&format!(" AND {alias}.system = ? AND {alias}.code = ?"));
+            values.push(system.into());
+            values.push(unit.into());
+        }
+        (None, Some(unit)) => {
+            part.push_str(&format!(" AND ({alias}.code = ? OR {alias}.unit = ?)"));
+            values.push(unit.clone().into());
+            values.push(unit.into());
+        }
+        (Some(system), None) => {
+            part.push_str(&format!(" AND {alias}.system = ?"));
+            values.push(system.into());
+        }
+        (None, None) => {}
+    }
+    Ok(part)
+}
+
+/// The words of a `:text` value, normalized like indexed strings.
+fn text_words(name: &str, text: &str) -> FhirResult<Vec<String>> {
+    let words: Vec<String> = normalize(text)
+        .split(' ')
+        .filter(|w| !w.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if words.is_empty() {
+        return Err(FhirError::bad_request(format!(
+            "{name}={text:?} has no words to search for"
+        )));
+    }
+    Ok(words)
+}
+
+/// Every word of `text` starts a word of `column`, which holds normalized text:
+/// `blood press` and `pressure` both match "blood pressure panel".
+fn words_match(
+    column: &str,
+    name: &str,
+    text: &str,
+    values: &mut Vec<Value>,
+) -> FhirResult<String> {
+    let parts: Vec<String> = text_words(name, text)?
+        .iter()
+        .map(|word| word_match(column, word, values))
+        .collect();
+    Ok(parts.join(" AND "))
+}
+
+/// `word` starts `column` or one of its words.
+fn word_match(column: &str, word: &str, values: &mut Vec<Value>) -> String {
+    let escaped = escape_like(word);
+    values.push(format!("{escaped}%").into());
+    values.push(format!("% {escaped}%").into());
+    format!("({column} LIKE ? ESCAPE '\\' OR {column} LIKE ? ESCAPE '\\')")
+}
+
+/// String `:text` (R4: "advanced text handling", left to the server): every word of the
+/// value starts a word of some value of the parameter, so `name:text=peter chalm` finds
+/// Peter James Chalmers, whose name parts are indexed apart. Case- and
+/// accent-insensitive like the default string search; words may come in any order.
+fn string_text_condition(
+    owner: &str,
+    resource_type: &str,
+    code: &str,
+    alternatives: &[String],
+) -> FhirResult<Condition> {
+    let name = format!("{code}:text");
+    let mut alternative_sql = Vec::with_capacity(alternatives.len());
+    let mut values: Vec<Value> = Vec::new();
+    for alternative in alternatives {
+        let mut each = Vec::new();
+        for word in text_words(&name, alternative)? {
+            values.push(resource_type.into());
+            values.push(code.into());
+            let matched = word_match("s.normalized", &word, &mut values);
+            each.push(format!(
+                "{owner}.id IN (SELECT s.resource_id FROM search_string s \
+                 WHERE s.resource_type = ? AND s.param = ? AND {matched})"
+            ));
+        }
+        alternative_sql.push(format!("({})", each.join(" AND ")));
+    }
+    Ok(Condition {
+        sql: format!("({})", alternative_sql.join(" OR ")),
+        values,
+    })
+}
+
+/// Token `:of-type`: `[type system]|[type code]|[identifier value]`, matched against an
+/// Identifier's type (its first coding, as indexed) and value.
+fn of_type_match(
+    alias: &str,
+    name: &str,
+    text: &str,
+    values: &mut Vec<Value>,
+) -> FhirResult<String> {
+    match split_unescaped(text, '|').as_slice() {
+        [system, code, value] if !system.is_empty() && !code.is_empty() && !value.is_empty() => {
+            values.push(system.as_str().into());
+            values.push(code.as_str().into());
+            values.push(value.as_str().into());
+            Ok(format!(
+                "{alias}.type_system = ? AND {alias}.type_code = ? AND {alias}.code = ?"
+            ))
+        }
+        _ => Err(FhirError::bad_request(format!(
+            "{name}={text}: :of-type takes the identifier type's system and code and the \
+             identifier value, all three separated by |, e.g. \
+             http://terminology.hl7.org/CodeSystem/v2-0203|MR|12345"
+        ))),
+    }
+}
+
+/// Most codes a value set used with `:in`/`:not-in` may expand to.
+const MAX_VALUE_SET_CODES: usize = 2000;
+
+/// Token `:in` / `:not-in`: the token is one of the codes of the value set `url` (system
+/// and code; a token without a system matches by code alone, as `code` elements without
+/// an implicit system are indexed). Value sets are expanded from the R4 definitions the
+/// server ships; others would need a terminology server.
+fn value_set_match(
+    alias: &str,
+    name: &str,
+    url: &str,
+    values: &mut Vec<Value>,
+) -> FhirResult<String> {
+    let Some(set) = crate::fhir::definitions::Definitions::get().required_codes(url) else {
+        return Err(not_supported(format!(
+            "{name}={url}: the value set {url} cannot be expanded by this server, which \
+             expands the value sets of the FHIR R4 specification whose codes it can enumerate \
+             (value sets over LOINC or SNOMED CT, and stored ValueSet resources, need a \
+             terminology server); list the codes instead, e.g. code=system|code1,system|code2"
+        )));
+    };
+    if set.len() > MAX_VALUE_SET_CODES {
+        return Err(FhirError::new(
+            StatusCode::BAD_REQUEST,
+            IssueCode::TooCostly,
+            format!(
+                "{name}={url}: the value set has {} codes; :in and :not-in take value sets of \
+                 at most {MAX_VALUE_SET_CODES} codes",
+                set.len()
+            ),
+        ));
+    }
+    if set.is_empty() {
+        return Ok("1 = 0".to_string());
+    }
+    let mut by_system: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut all_codes: BTreeSet<&str> = BTreeSet::new();
+    for (system, code) in set.iter() {
+        by_system.entry(system).or_default().push(code);
+        all_codes.insert(code);
+    }
+    let mut parts = Vec::with_capacity(by_system.len() + 1);
+    for (system, codes) in &by_system {
+        values.push((*system).into());
+        values.extend(codes.iter().map(|c| Value::from(*c)));
+        parts.push(format!(
+            "({alias}.system = ? AND {alias}.code IN ({}))",
+            vec!["?"; codes.len()].join(", ")
+        ));
+    }
+    values.extend(all_codes.iter().map(|c| Value::from(*c)));
+    parts.push(format!(
+        "({alias}.system IS NULL AND {alias}.code IN ({}))",
+        vec!["?"; all_codes.len()].join(", ")
+    ));
+    Ok(parts.join(" OR "))
+}
+
+/// A composite parameter, `code-value-quantity=http://loinc.org|8480-6$gt100`: each
+/// `$`-separated part matches its component, and all of them the *same* combination (the
+/// same Observation.component, say). The component rows of `search_composite` are joined
+/// on their combination number, one alias per component.
+fn composite_condition(
+    owner: &str,
+    resource_type: &str,
+    definition: &SearchParamDef,
+    modifier: Option<&str>,
+    alternatives: &[String],
+) -> FhirResult<Condition> {
+    let code = &*definition.code;
+    if let Some(modifier) = modifier {
+        return Err(not_supported(format!(
+            "the modifier :{modifier} is not supported on the composite parameter {code}; \
+             composite parameters take only :missing"
+        )));
+    }
+    let types = definition
+        .components
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match c.param_type {
+            Some(ParamType::Composite | ParamType::Special) | None => Err(not_supported(format!(
+                "{code}: component {} ({}) has no searchable type",
+                i + 1,
+                c.definition
+            ))),
+            Some(t) => Ok(t),
+        })
+        .collect::<FhirResult<Vec<ParamType>>>()?;
+    if types.is_empty() {
+        return Err(not_supported(format!(
+            "{code}: the composite parameter has no components"
+        )));
+    }
+    let syntax = types
+        .iter()
+        .map(|t| match t {
+            ParamType::Token => "[system]|[code]",
+            ParamType::Quantity => "[prefix][number]|[system]|[unit]",
+            ParamType::Number => "[prefix][number]",
+            ParamType::Date => "[prefix][date]",
+            ParamType::String => "[text]",
+            ParamType::Reference => "[type]/[id]",
+            _ => "[uri]",
+        })
+        .collect::<Vec<_>>()
+        .join("$");
+    let mut parts = Vec::with_capacity(alternatives.len());
+    let mut values: Vec<Value> = vec![resource_type.into(), code.into()];
+    for alternative in alternatives {
+        let pieces = split_unescaped(alternative, '$');
+        if pieces.len() != types.len() {
+            return Err(FhirError::bad_request(format!(
+                "{code}={alternative}: a value of {code} has {} parts separated by $: {syntax} \
+                 (e.g. http://loinc.org|8480-6$gt100); write a literal $ as \\$",
+                types.len()
+            )));
+        }
+        let mut each = Vec::with_capacity(types.len());
+        for (i, (piece, param_type)) in pieces.iter().zip(&types).enumerate() {
+            if piece.is_empty() {
+                return Err(FhirError::bad_request(format!(
+                    "{code}={alternative}: part {} of {syntax} is empty",
+                    i + 1
+                )));
+            }
+            let alias = format!("k{i}");
+            let matched = value_match(
+                *param_type,
+                code,
+                &alias,
+                Layout::Composite,
+                piece,
+                &mut values,
+            )?;
+            each.push(format!("({matched})"));
+        }
+        parts.push(format!("({})", each.join(" AND ")));
+    }
+    let joins: String = (1..types.len())
+        .map(|i| {
+            format!(
+                " JOIN search_composite k{i} ON k{i}.resource_type = k0.resource_type \
+                 AND k{i}.resource_id = k0.resource_id AND k{i}.param = k0.param \
+                 AND k{i}.combo = k0.combo AND k{i}.component = {i}"
+            )
+        })
+        .collect();
+    Ok(Condition {
+        sql: format!(
+            "{owner}.id IN (SELECT k0.resource_id FROM search_composite k0{joins} \
+             WHERE k0.resource_type = ? AND k0.param = ? AND k0.component = 0 AND ({}))",
+            parts.join(" OR ")
+        ),
+        values,
+    })
 }
 
 /// `owner.id IN (SELECT resource_id FROM table WHERE param = ? AND (p1 OR p2…))`.
@@ -468,26 +850,26 @@ fn table_of(param_type: ParamType) -> Option<(&'static str, &'static str)> {
     })
 }
 
-fn token_match(alias: &str, value: &str, parts: &mut Vec<String>, values: &mut Vec<Value>) {
+fn token_match(alias: &str, value: &str, values: &mut Vec<Value>) -> String {
     match split_unescaped(value, '|').as_slice() {
-        [code] => {
-            parts.push(format!("{alias}.code = ?"));
-            values.push(code.clone().into());
-        }
         [system, code] if system.is_empty() => {
-            parts.push(format!("{alias}.system IS NULL AND {alias}.code = ?"));
             values.push(code.clone().into());
+            format!("{alias}.system IS NULL AND {alias}.code = ?")
         }
         [system, code] if code.is_empty() => {
-            parts.push(format!("{alias}.system = ?"));
             values.push(system.clone().into());
+            format!("{alias}.system = ?")
         }
         [system, code, ..] => {
-            parts.push(format!("{alias}.system = ? AND {alias}.code = ?"));
             values.push(system.clone().into());
             values.push(code.clone().into());
+            format!("{alias}.system = ? AND {alias}.code = ?")
         }
-        [] => {}
+        // One part (split always yields at least one).
+        parts => {
+            values.push(parts.first().cloned().unwrap_or_default().into());
+            format!("{alias}.code = ?")
+        }
     }
 }
 
@@ -583,14 +965,13 @@ fn last_updated_condition(
             ))
         })?;
         // A version's lastUpdated is a point in time: its range is that microsecond.
-        parts.push(range_match(
+        parts.push(date_match(
             owner,
             prefix,
             "last_updated",
             "last_updated",
+            (low, high),
             &mut values,
-            low.into(),
-            high.into(),
         )?);
     }
     Ok(Condition {
@@ -608,6 +989,7 @@ fn last_updated_condition(
 
 fn missing_condition(
     owner: &str,
+    resource_type: &str,
     param_type: ParamType,
     code: &str,
     value: &str,
@@ -621,69 +1003,170 @@ fn missing_condition(
             )))
         }
     };
-    let (table, alias) = table_of(param_type)
-        .ok_or_else(|| FhirError::bad_request(format!("{code}:missing is not supported")))?;
+    let (table, alias) = match param_type {
+        ParamType::Composite => ("search_composite", "k"),
+        other => table_of(other)
+            .ok_or_else(|| not_supported(format!("{code}:missing is not supported")))?,
+    };
+    let mut present = vec![format!(
+        "{owner}.id IN (SELECT {alias}.resource_id FROM {table} {alias} \
+         WHERE {alias}.resource_type = ? AND {alias}.param = ?)"
+    )];
+    let mut values: Vec<Value> = vec![resource_type.into(), code.into()];
+    if param_type == ParamType::Reference {
+        // A reference given only by its identifier is present too.
+        present.push(format!(
+            "{owner}.id IN (SELECT t.resource_id FROM search_token t \
+             WHERE t.resource_type = ? AND t.param = ?)"
+        ));
+        values.push(resource_type.into());
+        values.push(format!("{code}:identifier").into());
+    }
     Ok(Condition {
         sql: format!(
-            "{owner}.id {}IN (SELECT {alias}.resource_id FROM {table} {alias} \
-             WHERE {alias}.resource_type = {owner}.resource_type AND {alias}.param = ?)",
-            if missing { "NOT " } else { "" }
+            "{}({})",
+            if missing { "NOT " } else { "" },
+            present.join(" OR ")
         ),
-        values: vec![code.into()],
+        values,
     })
 }
 
-/// The condition for a search value range `[low, high]` against a stored range in the
-/// columns `low_col`/`high_col`, per prefix (R4 search, "prefixes").
-fn range_match(
+/// A date search value `[low, high]` (inclusive microseconds, the range its precision
+/// implies) against a stored range in `low_col`/`high_col`, per prefix (R4 search,
+/// "prefixes": `eq` the search range contains the stored one, `gt` the stored range
+/// reaches after the search range, `ge` it reaches into or after it, `sa` it starts after
+/// it, `ap` it overlaps the search range widened by 10% of the distance to now).
+fn date_match(
     alias: &str,
     prefix: &str,
     low_col: &str,
     high_col: &str,
+    (low, high): (i64, i64),
     values: &mut Vec<Value>,
-    low: Value,
-    high: Value,
 ) -> FhirResult<String> {
     let (lo, hi) = (format!("{alias}.{low_col}"), format!("{alias}.{high_col}"));
     let sql = match prefix {
-        // The stored range lies within the search range.
         "eq" => {
-            values.extend([low, high]);
+            values.extend([low.into(), high.into()]);
             format!("{lo} >= ? AND {hi} <= ?")
         }
         "ne" => {
-            values.extend([low, high]);
+            values.extend([low.into(), high.into()]);
             format!("NOT ({lo} >= ? AND {hi} <= ?)")
         }
-        // Some of the stored range lies above / below the search range.
         "gt" => {
-            values.push(high);
+            values.push(high.into());
             format!("{hi} > ?")
         }
         "lt" => {
-            values.push(low);
+            values.push(low.into());
             format!("{lo} < ?")
         }
         "ge" => {
-            values.push(low);
+            values.push(low.into());
             format!("{hi} >= ?")
         }
         "le" => {
-            values.push(high);
+            values.push(high.into());
             format!("{lo} <= ?")
         }
-        // Starts after / ends before the search range.
         "sa" => {
-            values.push(high);
+            values.push(high.into());
             format!("{lo} > ?")
         }
         "eb" => {
-            values.push(low);
+            values.push(low.into());
             format!("{hi} < ?")
         }
-        // Approximately: the ranges overlap.
         "ap" => {
-            values.extend([high, low]);
+            let (from, to) = approximate_dates(low, high, chrono::Utc::now().timestamp_micros());
+            values.extend([to.into(), from.into()]);
+            format!("{lo} <= ? AND {hi} >= ?")
+        }
+        other => {
+            return Err(FhirError::bad_request(format!("unknown prefix {other:?}")));
+        }
+    };
+    Ok(sql)
+}
+
+/// The range `ap` matches for a date: the value's range widened on both sides by 10% of
+/// the time between now and the value (R4's recommendation), at least the value's range.
+fn approximate_dates(low: i64, high: i64, now: i64) -> (i64, i64) {
+    let gap = if now < low {
+        i128::from(low) - i128::from(now)
+    } else if now > high {
+        i128::from(now) - i128::from(high)
+    } else {
+        0
+    };
+    let margin = i64::try_from(gap / 10).unwrap_or(i64::MAX);
+    (low.saturating_sub(margin), high.saturating_add(margin))
+}
+
+/// A number search value: the value itself and the range `[low, high)` its significant
+/// digits imply (`100` → 99.5 ≤ x < 100.5).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct DecimalRange {
+    value: f64,
+    low: f64,
+    high: f64,
+}
+
+/// A number or quantity search value against a stored range in the columns `low`/`high`
+/// (a single stored value has `low = high`), per prefix (R4 search, "number" and
+/// "prefixes"): `eq`/`ne` use the implicit range of the search value (half-open), the
+/// comparisons `gt`, `lt`, `ge`, `le`, `sa`, `eb` the value itself ("treated as if they
+/// have arbitrarily high precision"; `gt100` is greater than exactly 100), and `ap` the
+/// value ± 10% (at least its implicit range). For a stored range, `gt` means some of it
+/// lies above the value, `sa` all of it.
+fn number_match(
+    alias: &str,
+    prefix: &str,
+    range: DecimalRange,
+    values: &mut Vec<Value>,
+) -> FhirResult<String> {
+    let (lo, hi) = (format!("{alias}.low"), format!("{alias}.high"));
+    let DecimalRange { value, low, high } = range;
+    let sql = match prefix {
+        "eq" => {
+            values.extend([low.into(), high.into()]);
+            format!("{lo} >= ? AND {hi} < ?")
+        }
+        "ne" => {
+            values.extend([low.into(), high.into()]);
+            format!("NOT ({lo} >= ? AND {hi} < ?)")
+        }
+        "gt" => {
+            values.push(value.into());
+            format!("{hi} > ?")
+        }
+        "lt" => {
+            values.push(value.into());
+            format!("{lo} < ?")
+        }
+        "ge" => {
+            values.push(value.into());
+            format!("{hi} >= ?")
+        }
+        "le" => {
+            values.push(value.into());
+            format!("{lo} <= ?")
+        }
+        "sa" => {
+            values.push(value.into());
+            format!("{lo} > ?")
+        }
+        "eb" => {
+            values.push(value.into());
+            format!("{hi} < ?")
+        }
+        "ap" => {
+            let margin = value.abs() * 0.1;
+            let from = low.min(value - margin);
+            let to = high.max(value + margin);
+            values.extend([to.into(), from.into()]);
             format!("{lo} <= ? AND {hi} >= ?")
         }
         other => {
@@ -705,19 +1188,68 @@ fn split_prefix(value: &str) -> (&str, &str) {
 }
 
 /// The range a decimal search value stands for: `5.4` is 5.35 ≤ x < 5.45, `100` is
-/// 99.5 ≤ x < 100.5 (half a unit of the last significant digit either side).
-fn decimal_range(code: &str, text: &str) -> FhirResult<(f64, f64)> {
-    let value: f64 = text
-        .parse()
-        .map_err(|_| FhirError::bad_request(format!("{code}={text} is not a number")))?;
-    let mantissa = text.split(['e', 'E']).next().unwrap_or(text);
-    let exponent: i32 = text
-        .split_once(['e', 'E'])
-        .and_then(|(_, e)| e.parse().ok())
-        .unwrap_or(0);
-    let decimals = mantissa.split_once('.').map_or(0, |(_, d)| d.len() as i32);
-    let half = 0.5 * 10f64.powi(exponent - decimals);
-    Ok((value - half, value + half))
+/// 99.5 ≤ x < 100.5, `1e2` is 50 ≤ x < 150 (half a unit of the last significant digit
+/// either side). The bounds are computed in decimal and then converted, so `5.35` is the
+/// same double as a stored 5.35 and matches `5.4`.
+fn decimal_range(code: &str, text: &str) -> FhirResult<DecimalRange> {
+    let invalid = || {
+        FhirError::bad_request(format!(
+            "{code}={text} is not a number such as 100, 5.4 or 1.5e-3 (with an optional prefix \
+             such as gt)"
+        ))
+    };
+    let (negative, unsigned) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    let (mantissa, exponent) = match unsigned.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e.parse::<i32>().map_err(|_| invalid())?),
+        None => (unsigned, 0),
+    };
+    let (whole, fraction) = match mantissa.split_once('.') {
+        Some((_, "")) => return Err(invalid()),
+        Some(parts) => parts,
+        None => (mantissa, ""),
+    };
+    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() || !all_digits(whole) || !all_digits(fraction) {
+        return Err(invalid());
+    }
+    let value: f64 = text.parse().map_err(|_| invalid())?;
+    if !value.is_finite() {
+        return Err(invalid());
+    }
+    // value = ±digits × 10^scale; half a unit of the last digit is 5 × 10^(scale − 1).
+    let digits = format!("{whole}{fraction}");
+    let digits = digits.trim_start_matches('0');
+    let decimals = i32::try_from(fraction.len()).map_err(|_| invalid())?;
+    let scale = exponent.checked_sub(decimals).ok_or_else(invalid)?;
+    let bound = |n: i128| -> Option<f64> {
+        format!("{n}e{}", i64::from(scale) - 1)
+            .parse::<f64>()
+            .ok()
+            .filter(|x| x.is_finite())
+    };
+    let exact = if digits.len() <= 36 {
+        let d: i128 = if digits.is_empty() {
+            0
+        } else {
+            digits.parse().map_err(|_| invalid())?
+        };
+        let (above, below) = (bound(d * 10 + 5), bound(d * 10 - 5));
+        match (above, below) {
+            (Some(above), Some(below)) if negative => Some((-above, -below)),
+            (Some(above), Some(below)) => Some((below, above)),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    let (low, high) = exact.unwrap_or_else(|| {
+        let half = 0.5 * 10f64.powi(scale);
+        (value - half, value + half)
+    });
+    Ok(DecimalRange { value, low, high })
 }
 
 /// Comma-separated alternatives, honouring `\,` escapes.
@@ -768,11 +1300,108 @@ mod tests {
 
     #[test]
     fn decimal_ranges_follow_precision() {
-        let (low, high) = decimal_range("x", "5.4").unwrap();
-        assert!((low - 5.35).abs() < 1e-9 && (high - 5.45).abs() < 1e-9);
-        let (low, high) = decimal_range("x", "100").unwrap();
-        assert!((low - 99.5).abs() < 1e-9 && (high - 100.5).abs() < 1e-9);
-        assert!(decimal_range("x", "abc").is_err());
+        let range = |text: &str| {
+            let r = decimal_range("x", text).unwrap();
+            (r.value, r.low, r.high)
+        };
+        // The bounds are the doubles of the decimal bounds, exactly.
+        assert_eq!(range("5.4"), (5.4, 5.35, 5.45));
+        assert_eq!(range("100"), (100.0, 99.5, 100.5));
+        assert_eq!(range("100.00"), (100.0, 99.995, 100.005));
+        assert_eq!(range("1e2"), (100.0, 50.0, 150.0));
+        assert_eq!(range("1.00e2"), (100.0, 99.5, 100.5));
+        assert_eq!(range("-5.4"), (-5.4, -5.45, -5.35));
+        assert_eq!(range("0"), (0.0, -0.5, 0.5));
+        assert_eq!(range("0.8"), (0.8, 0.75, 0.85));
+        assert_eq!(range("8e-1"), (0.8, 0.75, 0.85));
+        let long = range("1.0000000000000000000000000000000000000001");
+        assert_eq!(long.0, 1.0);
+        for bad in [
+            "abc", "inf", "NaN", "1e", "1e99999", ".5", "5.", "1.2.3", "--1", "1,5",
+        ] {
+            assert!(decimal_range("x", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn approximate_dates_widen_by_a_tenth_of_the_distance_to_now() {
+        // 100 units before now: ±10.
+        assert_eq!(approximate_dates(0, 9, 109), (-10, 19));
+        assert_eq!(approximate_dates(200, 209, 100), (190, 219));
+        assert_eq!(approximate_dates(0, 9, 5), (0, 9));
+        assert_eq!(
+            approximate_dates(i64::MIN, i64::MAX, 0),
+            (i64::MIN, i64::MAX)
+        );
+        assert_eq!(
+            approximate_dates(i64::MIN + 1, i64::MIN + 2, i64::MAX).0,
+            i64::MIN
+        );
+    }
+
+    #[test]
+    fn modifiers_and_composites_build_conditions() {
+        let c = condition(
+            "Observation",
+            "component-code-value-quantity",
+            "http://loinc.org|8480-6$gt100",
+        )
+        .unwrap()
+        .unwrap();
+        assert!(c.sql.contains("search_composite k1"), "{}", c.sql);
+        assert_eq!(c.values.len(), 5);
+        for (name, value, message) in [
+            ("component-code-value-quantity", "8480-6", "2 parts"),
+            ("component-code-value-quantity", "a$b$c", "2 parts"),
+            ("component-code-value-quantity", "$100", "part 1"),
+            (
+                "component-code-value-quantity",
+                "8480-6$lots",
+                "not a number",
+            ),
+            (
+                "component-code-value-quantity:exact",
+                "8480-6$1",
+                ":missing",
+            ),
+            (
+                "code:below",
+                "http://loinc.org|8480-6",
+                "terminology server",
+            ),
+            (
+                "code:in",
+                "http://hl7.org/fhir/ValueSet/observation-codes",
+                "cannot be expanded",
+            ),
+            ("identifier:of-type", "MR|123", "all three"),
+            ("code:text", "  ", "no words"),
+            ("value-quantity:contains", "5", "supported: :missing"),
+            ("subject:above", "Patient/1", "not supported"),
+        ] {
+            let err = condition("Observation", name, value).unwrap_err();
+            assert!(
+                err.message().contains(message),
+                "{name}={value}: {}",
+                err.message()
+            );
+            assert!(err.message().contains(name.split(':').next().unwrap()));
+        }
+        let err = condition("ValueSet", "url:below", "urn:oid:1.2.3").unwrap_err();
+        assert!(err.message().contains("URNs"));
+        let err = condition("Location", "near", "42.25|-83.69|10|km").unwrap_err();
+        assert!(err.message().contains("geographic"));
+        let err = condition("Patient", "_content", "cancer").unwrap_err();
+        assert!(err.message().contains("full-text"));
+        let c = condition(
+            "Observation",
+            "code:in",
+            "http://hl7.org/fhir/ValueSet/observation-vitalsignresult",
+        )
+        .unwrap()
+        .unwrap();
+        // 13 LOINC codes: the system and its codes, then the codes for system-less tokens.
+        assert_eq!(c.values.len(), 2 + 1 + 13 + 13);
     }
 
     #[test]

@@ -8,10 +8,20 @@ use serde_json::Value as Json;
 use super::sql::statement;
 use super::write_txn::{Table, WriteTxn};
 use crate::error::FhirResult;
-use crate::search::extract::{extract, IndexEntry};
+use crate::search::extract::{extract, normalize, IndexEntry};
 
 /// The index tables. Every one starts with `resource_type, resource_id, param`.
-pub static TABLES: [Table; 7] = [
+///
+/// What the rows hold (where it differs from the extracted entry):
+/// - a number or quantity that is a single value is stored as that value (`low = high =
+///   value`): per R4 search ("number"), the precision of the *search* value decides a match
+///   (`100` matches 99.5 ≤ x < 100.5), so a stored 99.5 equals 100. A `Range` keeps its
+///   bounds; a quantity with a comparator (`<=5`) is open on that side.
+/// - token `display` (Coding.display, CodeableConcept.text) is normalized like strings
+///   (lower case, no accents, single spaces), for `:text`.
+/// - composite parameters go to `search_composite`, one row per component of each
+///   combination (see the migration `m20261124_000003_search_composite`).
+pub static TABLES: [Table; 8] = [
     Table {
         name: "search_token",
         columns: &[
@@ -91,7 +101,32 @@ pub static TABLES: [Table; 7] = [
             ("value", "text"),
         ],
     },
+    Table {
+        name: "search_composite",
+        columns: &[
+            ("resource_type", "text"),
+            ("resource_id", "text"),
+            ("param", "text"),
+            ("combo", "integer"),
+            ("component", "integer"),
+            ("system", "text"),
+            ("code", "text"),
+            ("unit", "text"),
+            ("normalized", "text"),
+            ("exact", "text"),
+            ("target_type", "text"),
+            ("target_id", "text"),
+            ("url", "text"),
+            ("low", "double precision"),
+            ("high", "double precision"),
+            ("date_low", "bigint"),
+            ("date_high", "bigint"),
+        ],
+    },
 ];
+
+/// Index of `search_composite` in [`TABLES`].
+const COMPOSITE: usize = 7;
 
 /// Parameters served from the `resources` table itself, not indexed again.
 const FROM_RESOURCE_ROW: &[&str] = &["_id", "_lastUpdated"];
@@ -122,8 +157,28 @@ pub async fn reindex(
     let Some(content) = content else {
         return Ok(());
     };
+    // Combinations are numbered within the resource; the number ties a combination's
+    // component rows together.
+    let mut combo: i32 = 0;
     for entry in extract(content) {
         if FROM_RESOURCE_ROW.contains(&entry.param()) {
+            continue;
+        }
+        if let IndexEntry::Composite { param, components } = entry {
+            combo = combo.saturating_add(1);
+            for (position, component) in components.into_iter().enumerate() {
+                let Some(row) = composite_row(component) else {
+                    continue;
+                };
+                let mut values = Vec::with_capacity(row.len() + 5);
+                values.push(resource_type.into());
+                values.push(id.into());
+                values.push(param.as_ref().into());
+                values.push(combo.into());
+                values.push(i32::try_from(position).unwrap_or(i32::MAX).into());
+                values.extend(row);
+                conn.defer(&TABLES[COMPOSITE], values).await;
+            }
             continue;
         }
         if let Some((table, row)) = row_of(entry) {
@@ -154,7 +209,7 @@ fn row_of(entry: IndexEntry) -> Option<(usize, Vec<Value>)> {
                 param.as_ref().into(),
                 text(system),
                 text(code),
-                text(display),
+                text(display.map(|d| normalize(&d))),
                 text(type_system),
                 text(type_code),
             ],
@@ -201,18 +256,13 @@ fn row_of(entry: IndexEntry) -> Option<(usize, Vec<Value>)> {
                 url.into(),
             ],
         ),
-        IndexEntry::Number {
-            param,
-            value,
-            low,
-            high,
-        } => (
+        IndexEntry::Number { param, value, .. } => (
             4,
             vec![
                 param.as_ref().into(),
                 finite(value).into(),
-                finite(low).into(),
-                finite(high).into(),
+                finite(value).into(),
+                finite(value).into(),
             ],
         ),
         IndexEntry::Quantity {
@@ -223,22 +273,100 @@ fn row_of(entry: IndexEntry) -> Option<(usize, Vec<Value>)> {
             system,
             code,
             unit,
-        } => (
-            5,
-            vec![
-                param.as_ref().into(),
-                Value::Double(value.map(finite)),
-                finite(low).into(),
-                finite(high).into(),
-                text(system),
-                text(code),
-                text(unit),
-            ],
-        ),
+        } => {
+            let (low, high) = quantity_bounds(value, low, high);
+            (
+                5,
+                vec![
+                    param.as_ref().into(),
+                    Value::Double(value.map(finite)),
+                    low.into(),
+                    high.into(),
+                    text(system),
+                    text(code),
+                    text(unit),
+                ],
+            )
+        }
         IndexEntry::Uri { param, value } => (6, vec![param.as_ref().into(), value.into()]),
-        // Composite parameters are matched from their component rows.
+        // Composite entries are written by `reindex`, one row per component.
         IndexEntry::Composite { .. } => return None,
     })
+}
+
+/// The stored range of a quantity: its value when it is a single value, the open end of a
+/// `<`/`>` comparator, the bounds of a Range (no value).
+fn quantity_bounds(value: Option<f64>, low: f64, high: f64) -> (f64, f64) {
+    match value {
+        Some(v) => (
+            if low == f64::MIN { low } else { finite(v) },
+            if high == f64::MAX { high } else { finite(v) },
+        ),
+        None => (finite(low), finite(high)),
+    }
+}
+
+/// The `search_composite` columns after `component` for one component value, or `None`
+/// for an entry that is no component value.
+fn composite_row(entry: IndexEntry) -> Option<Vec<Value>> {
+    // system, code, unit, normalized, exact, target_type, target_id, url, then low, high,
+    // date_low, date_high.
+    const SYSTEM: usize = 0;
+    const CODE: usize = 1;
+    const UNIT: usize = 2;
+    const NORMALIZED: usize = 3;
+    const EXACT: usize = 4;
+    const TARGET_TYPE: usize = 5;
+    const TARGET_ID: usize = 6;
+    const URL: usize = 7;
+    let mut texts: [Option<String>; 8] = Default::default();
+    let mut floats: [Option<f64>; 2] = [None, None];
+    let mut dates: [Option<i64>; 2] = [None, None];
+    match entry {
+        IndexEntry::Token { system, code, .. } => {
+            texts[SYSTEM] = system;
+            texts[CODE] = code;
+        }
+        IndexEntry::Quantity {
+            value,
+            low,
+            high,
+            system,
+            code,
+            unit,
+            ..
+        } => {
+            let (low, high) = quantity_bounds(value, low, high);
+            floats = [Some(low), Some(high)];
+            texts[SYSTEM] = system;
+            texts[CODE] = code;
+            texts[UNIT] = unit;
+        }
+        IndexEntry::Number { value, .. } => floats = [Some(finite(value)), Some(finite(value))],
+        IndexEntry::Date { low, high, .. } => dates = [Some(low), Some(high)],
+        IndexEntry::String {
+            normalized, exact, ..
+        } => {
+            texts[NORMALIZED] = Some(normalized);
+            texts[EXACT] = Some(exact);
+        }
+        IndexEntry::Reference {
+            target_type,
+            target_id,
+            url,
+            ..
+        } => {
+            texts[TARGET_TYPE] = target_type;
+            texts[TARGET_ID] = target_id;
+            texts[URL] = Some(url);
+        }
+        IndexEntry::Uri { value, .. } => texts[URL] = Some(value),
+        IndexEntry::ReferenceIdentifier { .. } | IndexEntry::Composite { .. } => return None,
+    }
+    let mut row: Vec<Value> = texts.into_iter().map(Value::String).collect();
+    row.extend(floats.into_iter().map(Value::Double));
+    row.extend(dates.into_iter().map(Value::BigInt));
+    Some(row)
 }
 
 /// Databases store no infinities: open range ends become the largest finite values.

@@ -11,4 +11,5 @@ mod metadata;
 mod observation_ops;
 mod openapi;
 mod search;
+mod search_params;
 mod validation;
