@@ -64,6 +64,9 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, StartError> {
     let definitions = tokio::task::spawn_blocking(Definitions::get);
     let connection = db::connect(&config.database_url).await?;
     db::migrate(&connection).await?;
+    crate::store::search_parameters::reload(&connection, true)
+        .await
+        .map_err(|e| StartError::Database(sea_orm::DbErr::Custom(e.to_string())))?;
     let _ = definitions.await;
     let listener =
         TcpListener::bind(&config.listen)

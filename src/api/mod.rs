@@ -9,6 +9,7 @@ pub mod metadata;
 pub mod negotiate;
 pub mod observation_ops;
 pub mod openapi;
+pub mod reindex;
 pub mod respond;
 pub mod search;
 pub mod summary;
@@ -42,6 +43,7 @@ pub fn fhir_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(metadata::metadata))
         .routes(routes!(bundle::batch_or_transaction, search::search_system))
         .routes(routes!(history::system_history))
+        .routes(routes!(reindex::reindex_all))
         .routes(routes!(
             search::search_get,
             crud::create,
@@ -53,6 +55,7 @@ pub fn fhir_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(observation_ops::lastn, observation_ops::lastn_post))
         .routes(routes!(observation_ops::stats, observation_ops::stats_post))
         .routes(routes!(validate::validate_type))
+        .routes(routes!(reindex::reindex_type))
         .routes(routes!(crud::read, crud::update, crud::patch, crud::delete))
         .routes(routes!(validate::validate_instance))
         .routes(routes!(history::instance_history))

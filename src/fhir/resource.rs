@@ -47,6 +47,9 @@ impl ValidResource {
         if !errors.is_empty() {
             return Err(FhirError::invalid(errors));
         }
+        if resource_type == "SearchParameter" {
+            check_search_parameter(&json)?;
+        }
         let Json::Object(map) = json else {
             unreachable!("checked above")
         };
@@ -99,6 +102,22 @@ impl ValidResource {
         }
         Json::Object(ordered)
     }
+}
+
+/// An active SearchParameter is used by search as soon as it is stored, so its expression
+/// and types must be usable: refuse it now rather than ignore it later.
+fn check_search_parameter(json: &Json) -> FhirResult<()> {
+    if !crate::store::search_parameters::is_active(json) {
+        return Ok(());
+    }
+    crate::search::params::SearchParams::from_resources(std::slice::from_ref(json))
+        .map(|_| ())
+        .map_err(|err| {
+            FhirError::bad_request(format!(
+                "this active SearchParameter cannot be used for search: {err}"
+            ))
+            .at("SearchParameter.expression")
+        })
 }
 
 /// Checks that a text is a valid FHIR id (`[A-Za-z0-9\-\.]{1,64}`).

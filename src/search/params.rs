@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use flate2::read::GzDecoder;
@@ -197,16 +198,39 @@ pub struct SearchParams {
 
 static OFFICIAL: OnceLock<SearchParams> = OnceLock::new();
 
+/// The registry in use when custom SearchParameters are installed (null: the official one).
+static CURRENT: AtomicPtr<SearchParams> = AtomicPtr::new(std::ptr::null_mut());
+
 impl SearchParams {
-    /// The official R4 registry, built on first use.
+    /// The registry in use: the official R4 parameters plus the custom SearchParameter
+    /// resources last [installed](SearchParams::install).
     ///
     /// # Panics
     /// Only if the embedded definitions are corrupt, which is a build defect.
     pub fn get() -> &'static SearchParams {
+        let current = CURRENT.load(Ordering::Acquire);
+        if current.is_null() {
+            return SearchParams::official_ref();
+        }
+        // SAFETY: non-null pointers in CURRENT come from `Box::leak` in `install` and are
+        // never freed, so they stay valid for the life of the process.
+        unsafe { &*current }
+    }
+
+    /// The official R4 registry alone, built on first use.
+    pub fn official_ref() -> &'static SearchParams {
         OFFICIAL.get_or_init(|| match SearchParams::official() {
             Ok(p) => p,
             Err(e) => panic!("embedded R4 search parameters are unusable: {e}"),
         })
+    }
+
+    /// Makes `registry` the one [`SearchParams::get`] returns. Searches and index writes
+    /// in flight may still hold the previous one, so it is kept (leaked) rather than
+    /// freed; installs happen only when SearchParameter resources change.
+    pub fn install(registry: SearchParams) {
+        let leaked: &'static mut SearchParams = Box::leak(Box::new(registry));
+        CURRENT.store(leaked, Ordering::Release);
     }
 
     /// Builds a fresh registry holding the official R4 parameters.
@@ -226,7 +250,7 @@ impl SearchParams {
     /// The official parameters plus `custom` SearchParameter resources (which replace an
     /// official parameter with the same code on the same resource type).
     pub fn with_custom(custom: &[Value]) -> Result<SearchParams, ParamsError> {
-        let mut reg = SearchParams::get().clone();
+        let mut reg = SearchParams::official_ref().clone();
         for r in custom {
             reg.add_resource(r)?;
         }

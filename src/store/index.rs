@@ -192,6 +192,54 @@ pub async fn reindex(
     Ok(())
 }
 
+/// Rewrites the index rows of many current resources at once (`$reindex`): one DELETE per
+/// table for the lot, then the new rows as deferred inserts.
+pub async fn reindex_many(
+    conn: &WriteTxn<'_>,
+    resources: &[crate::store::StoredResource],
+) -> FhirResult<()> {
+    let backend = conn.get_database_backend();
+    let mut by_type: Vec<(&str, Vec<&str>)> = Vec::new();
+    for resource in resources {
+        match by_type
+            .iter_mut()
+            .find(|(t, _)| *t == resource.resource_type)
+        {
+            Some((_, ids)) => ids.push(&resource.id),
+            None => by_type.push((&resource.resource_type, vec![&resource.id])),
+        }
+    }
+    for (resource_type, ids) in &by_type {
+        for table in &TABLES {
+            let mut values: Vec<Value> = vec![(*resource_type).into()];
+            values.extend(ids.iter().map(|id| Value::from(*id)));
+            conn.execute_raw(statement(
+                backend,
+                &format!(
+                    "DELETE FROM {} WHERE resource_type = ? AND resource_id IN ({})",
+                    table.name,
+                    vec!["?"; ids.len()].join(", ")
+                ),
+                values,
+            ))
+            .await?;
+        }
+    }
+    for resource in resources {
+        if let Some(content) = &resource.content {
+            reindex(
+                conn,
+                &resource.resource_type,
+                &resource.id,
+                Some(content),
+                false,
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
 /// The table (index into [`TABLES`]) and the values of `param` and the table's columns.
 fn row_of(entry: IndexEntry) -> Option<(usize, Vec<Value>)> {
     let text = |s: Option<String>| Value::String(s);

@@ -7,6 +7,7 @@
 pub mod index;
 pub mod matching;
 pub mod repository;
+pub mod search_parameters;
 pub mod sql;
 pub mod time;
 pub mod versions;

@@ -248,6 +248,16 @@ pub async fn write_version(
         previous.is_some(),
     )
     .await?;
+    // Creating a draft SearchParameter changes nothing for search; creating an active one,
+    // or changing or deleting any, may.
+    if resource_type == "SearchParameter"
+        && (previous.is_some()
+            || content
+                .as_ref()
+                .is_some_and(super::search_parameters::is_active))
+    {
+        conn.search_parameters_changed().await;
+    }
     Ok(StoredResource {
         resource_type: resource_type.to_string(),
         id: id.to_string(),

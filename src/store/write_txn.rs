@@ -39,6 +39,8 @@ pub struct WriteTxn<'a> {
 
 #[derive(Default)]
 struct State {
+    /// A write changed which SearchParameters are in use: reload them after the commit.
+    search_parameters_changed: bool,
     pending: Vec<(&'static Table, Vec<Value>)>,
     scopes: Vec<Scope>,
     savepoints_made: u64,
@@ -62,6 +64,16 @@ impl<'a> WriteTxn<'a> {
     pub async fn defer(&self, table: &'static Table, values: Vec<Value>) {
         debug_assert_eq!(values.len(), table.columns.len());
         self.state.lock().await.pending.push((table, values));
+    }
+
+    /// Notes that the SearchParameters in use may have changed.
+    pub async fn search_parameters_changed(&self) {
+        self.state.lock().await.search_parameters_changed = true;
+    }
+
+    /// Whether a write of this transaction changed the SearchParameters in use.
+    pub async fn changes_search_parameters(&self) -> bool {
+        self.state.lock().await.search_parameters_changed
     }
 
     /// Opens a scope: what happens until [`WriteTxn::end_scope`] can be undone alone.

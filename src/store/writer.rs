@@ -149,6 +149,7 @@ async fn commit_batch(db: &DatabaseConnection, batch: &mut Vec<Job>) {
             broken = Some(FhirError::from(err));
         }
     }
+    let reload_search_parameters = write_txn.changes_search_parameters().await;
     drop(write_txn);
     if let Some(err) = broken {
         let _ = txn.rollback().await;
@@ -165,6 +166,13 @@ async fn commit_batch(db: &DatabaseConnection, batch: &mut Vec<Job>) {
         total_us = started.elapsed().as_micros() as u64,
         "write batch committed"
     );
+    // A changed SearchParameter changes what search and indexing use; reload before the
+    // writers hear back, so their next request already sees it.
+    if committed.is_ok() && reload_search_parameters {
+        if let Err(err) = crate::store::search_parameters::reload(db, false).await {
+            tracing::error!("cannot reload the search parameters: {err}");
+        }
+    }
     for finish in finishes {
         finish(committed.clone());
     }

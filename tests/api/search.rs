@@ -656,3 +656,61 @@ async fn compartment_and_system_search() {
     json_with_status(strict, 400).await;
     json_with_status(app.get("?_type=Nothing").await, 400).await;
 }
+
+#[tokio::test]
+async fn custom_search_parameters_work_after_reindex() {
+    let app = spawn_app().await;
+    let mut device = json!({"resourceType": "Device", "serialNumber": "SN-OLD",
+        "modelNumber": "OXI-100"});
+    let old = app.create(&device).await;
+    // Device has no official search parameter on modelNumber.
+    json_with_status(
+        app.request(Method::GET, "Device?model-number-custom=OXI-100")
+            .header("prefer", "handling=strict")
+            .send()
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+
+    let parameter = json!({
+        "resourceType": "SearchParameter",
+        "url": "http://fhirgate.example/SearchParameter/device-model-number-custom",
+        "name": "DeviceModelNumber",
+        "status": "active",
+        "description": "Device.modelNumber",
+        "code": "model-number-custom",
+        "base": ["Device"],
+        "type": "token",
+        "expression": "Device.modelNumber"
+    });
+    app.create(&parameter).await;
+
+    // Written after the parameter exists: indexed at once.
+    device["serialNumber"] = json!("SN-NEW");
+    let new = app.create(&device).await;
+    let found = search(&app, "Device?model-number-custom=OXI-100").await;
+    assert_eq!(ids(&found), vec![new["id"].as_str().unwrap().to_string()]);
+
+    // $reindex brings the older Device in.
+    let result = json_with_status(app.post("Device/$reindex", &json!({})).await, 200).await;
+    assert_eq!(result["parameter"][0]["valueInteger"], 2);
+    let found = search(&app, "Device?model-number-custom=OXI-100").await;
+    let mut expected = vec![
+        old["id"].as_str().unwrap().to_string(),
+        new["id"].as_str().unwrap().to_string(),
+    ];
+    expected.sort();
+    assert_eq!(ids(&found), expected);
+
+    // An active SearchParameter that cannot work is refused.
+    let mut broken = parameter.clone();
+    broken["code"] = json!("broken-custom");
+    broken["expression"] = json!("Device.modelNumber.where(");
+    let body = json_with_status(app.post("SearchParameter", &broken).await, 400).await;
+    assert!(
+        outcome_expressions(&body).contains(&"SearchParameter.expression".to_string()),
+        "{body}"
+    );
+}
