@@ -8,6 +8,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261124_000001_resources;
 mod m20261124_000002_search_index;
 mod m20261124_000003_search_composite;
+mod m20261124_000004_sort_indexes;
 
 pub struct Migrator;
 
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000001_resources::Migration),
             Box::new(m20261124_000002_search_index::Migration),
             Box::new(m20261124_000003_search_composite::Migration),
+            Box::new(m20261124_000004_sort_indexes::Migration),
         ]
     }
 }

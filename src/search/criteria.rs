@@ -66,6 +66,57 @@ pub fn condition(resource_type: &str, name: &str, value: &str) -> FhirResult<Opt
     condition_on(resource_type, name, value, 0)
 }
 
+/// The official Observation `combo-X` parameter, which is exactly `X` or `component-X`,
+/// unless a custom SearchParameter replaced it. Its values are not indexed separately (see
+/// `store::index`), so searches by it are answered from the two parameters it unites.
+pub fn is_official_combo(resource_type: &str, code: &str) -> bool {
+    resource_type == "Observation"
+        && code.starts_with("combo-")
+        && SearchParams::get()
+            .param(resource_type, code)
+            .is_some_and(|d| d.url.starts_with("http://hl7.org/fhir/SearchParameter/"))
+}
+
+/// `combo-X[:modifier]=value` as `X=value OR component-X=value` (AND for the negative
+/// forms `:not` and `:missing=true`: neither may match).
+fn combo_condition(
+    resource_type: &str,
+    name: &str,
+    value: &str,
+    depth: usize,
+) -> FhirResult<Option<Condition>> {
+    let (code, modifier) = match name.split_once(':') {
+        Some((code, modifier)) => (code, Some(modifier)),
+        None => (name, None),
+    };
+    if !is_official_combo(resource_type, code) {
+        return Ok(None);
+    }
+    let base = &code["combo-".len()..];
+    let with_modifier = |c: &str| match modifier {
+        Some(m) => format!("{c}:{m}"),
+        None => c.to_string(),
+    };
+    let own = condition_on(resource_type, &with_modifier(base), value, depth)?;
+    let component = condition_on(
+        resource_type,
+        &with_modifier(&format!("component-{base}")),
+        value,
+        depth,
+    )?;
+    let (Some(own), Some(component)) = (own, component) else {
+        return Ok(None);
+    };
+    let negative = modifier == Some("not") || (modifier == Some("missing") && value == "true");
+    let joiner = if negative { " AND " } else { " OR " };
+    let mut values = own.values;
+    values.extend(component.values);
+    Ok(Some(Condition {
+        sql: format!("(({}){joiner}({}))", own.sql, component.sql),
+        values,
+    }))
+}
+
 /// Chains and `_has` nest at most this deep.
 const MAX_DEPTH: usize = 4;
 
@@ -95,6 +146,9 @@ fn condition_on(
     }
     if let Some((reference, chained)) = name.split_once('.') {
         return chain_condition(resource_type, reference, chained, value, depth).map(Some);
+    }
+    if let Some(combo) = combo_condition(resource_type, name, value, depth)? {
+        return Ok(Some(combo));
     }
     let owner = owner_alias(depth);
     let owner = owner.as_str();

@@ -121,12 +121,21 @@ pub fn extract(resource: &Value) -> Vec<IndexEntry> {
 
 /// [`extract`] with a given registry (e.g. one holding custom SearchParameters).
 pub fn extract_with(params: &SearchParams, resource: &Value) -> Vec<IndexEntry> {
+    extract_where(params, resource, |_| true)
+}
+
+/// [`extract_with`] for the parameters `wanted` accepts (the others are not evaluated).
+pub fn extract_where(
+    params: &SearchParams,
+    resource: &Value,
+    wanted: impl Fn(&SearchParamDef) -> bool,
+) -> Vec<IndexEntry> {
     let Some(rt) = resource.get("resourceType").and_then(Value::as_str) else {
         return Vec::new();
     };
     let env = Env::new(resource);
     let mut out = Vec::with_capacity(64);
-    for def in params.params_for(rt) {
+    for def in params.params_for(rt).iter().filter(|def| wanted(def)) {
         extract_into(def, &env, &mut out);
     }
     out

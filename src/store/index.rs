@@ -8,7 +8,8 @@ use serde_json::Value as Json;
 use super::sql::statement;
 use super::write_txn::{Table, WriteTxn};
 use crate::error::FhirResult;
-use crate::search::extract::{extract, normalize, IndexEntry};
+use crate::search::extract::{extract_where, normalize, IndexEntry};
+use crate::search::params::{SearchParamDef, SearchParams};
 
 /// The index tables. Every one starts with `resource_type, resource_id, param`.
 ///
@@ -160,10 +161,13 @@ pub async fn reindex(
     // Combinations are numbered within the resource; the number ties a combination's
     // component rows together.
     let mut combo: i32 = 0;
-    for entry in extract(content) {
-        if FROM_RESOURCE_ROW.contains(&entry.param()) {
-            continue;
-        }
+    // `_id`/`_lastUpdated` live in `resources`; Observation `combo-*` values are those of
+    // the plain and `component-*` parameters, searched there. Neither is evaluated here.
+    let wanted = |def: &SearchParamDef| {
+        !FROM_RESOURCE_ROW.contains(&def.code.as_ref())
+            && !crate::search::criteria::is_official_combo(resource_type, &def.code)
+    };
+    for entry in extract_where(SearchParams::get(), content, wanted) {
         if let IndexEntry::Composite { param, components } = entry {
             combo = combo.saturating_add(1);
             for (position, component) in components.into_iter().enumerate() {

@@ -714,3 +714,60 @@ async fn custom_search_parameters_work_after_reindex() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn observation_combo_parameters_cover_value_and_components() {
+    let app = spawn_app().await;
+    let hr = app.create(&heart_rate("Patient/c", 72)).await;
+    let bp = app
+        .create(&json!({
+            "resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+            "subject": {"reference": "Patient/c"},
+            "component": [
+                {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+                 "valueQuantity": {"value": 120, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}},
+                {"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]},
+                 "valueQuantity": {"value": 80, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}
+            ]
+        }))
+        .await;
+    let id = |r: &Value| r["id"].as_str().unwrap().to_string();
+    let mut both = vec![id(&hr), id(&bp)];
+    both.sort();
+
+    assert_eq!(
+        ids(&search(&app, "Observation?combo-code=http://loinc.org|8867-4").await),
+        vec![id(&hr)]
+    );
+    assert_eq!(
+        ids(&search(&app, "Observation?combo-code=http://loinc.org|8480-6").await),
+        vec![id(&bp)]
+    );
+    assert_eq!(
+        ids(&search(&app, "Observation?combo-value-quantity=gt100").await),
+        vec![id(&bp)]
+    );
+    assert_eq!(
+        ids(&search(&app, "Observation?combo-value-quantity=72").await),
+        vec![id(&hr)]
+    );
+    assert_eq!(
+        ids(&search(&app, "Observation?combo-value-quantity=lt90").await),
+        both
+    );
+    assert_eq!(
+        ids(&search(
+            &app,
+            "Observation?combo-code-value-quantity=http://loinc.org|8462-4$80"
+        )
+        .await),
+        vec![id(&bp)]
+    );
+    // Negative forms: neither the Observation's own nor a component's value may match.
+    assert_eq!(
+        ids(&search(&app, "Observation?combo-code:not=http://loinc.org|8480-6").await),
+        vec![id(&hr)]
+    );
+    assert!(ids(&search(&app, "Observation?combo-value-quantity:missing=true").await).is_empty());
+}
