@@ -3,6 +3,10 @@
 //!
 //! ```text
 //! fhirgate-load --base http://127.0.0.1:8080/fhir --clients 32 --seconds 20 --scenario create
+//! # repeatable data set: 1,000 patients, 10 devices, 5 codes, 1,000,000 Observations
+//! fhirgate-load --base http://127.0.0.1:8080/fhir --seed-observations 1000000 --patients 1000
+//! # any GET, {patient} replaced by a random seeded patient number
+//! fhirgate-load --scenario query --query 'Observation?patient=Patient/bench-p{patient}&_count=50'
 //! ```
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,7 +16,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use serde_json::json;
 
-#[derive(Parser)]
+#[derive(Parser, Clone)]
 #[command(
     name = "fhirgate-load",
     about = "FHIR load generator: throughput and p50/p95/p99"
@@ -38,6 +42,23 @@ struct Args {
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Store a repeatable data set of this many Observations first (then exit unless a
+    /// scenario is also asked for with --then-run).
+    #[arg(long)]
+    seed_observations: Option<u64>,
+    /// Patients of the seeded data set (`Patient/bench-p0` …).
+    #[arg(long, default_value_t = 1000)]
+    patients: u64,
+    /// Run the scenario after seeding.
+    #[arg(long)]
+    then_run: bool,
+    /// The GET of the `query` scenario, relative to the base; `{patient}` is replaced by
+    /// a random patient number below --patients.
+    #[arg(
+        long,
+        default_value = "Observation?patient=Patient/bench-p{patient}&_count=50"
+    )]
+    query: String,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -48,6 +69,8 @@ enum Scenario {
     Read,
     /// Search the Observations of one patient by code, newest first, 10 per page.
     Search,
+    /// GET the --query URL.
+    Query,
 }
 
 struct Totals {
@@ -63,6 +86,12 @@ async fn main() {
         .timeout(Duration::from_secs(30))
         .build()
         .expect("HTTP client");
+    if let Some(observations) = args.seed_observations {
+        seed(&client, &args, observations).await;
+        if !args.then_run {
+            return;
+        }
+    }
     let ids = if args.scenario == Scenario::Read {
         seed_reads(&client, &args).await
     } else {
@@ -96,6 +125,7 @@ async fn main() {
                     Scenario::Create => create(&client, &args, worker, n).await,
                     Scenario::Read => read(&client, &args, &ids, worker, n).await,
                     Scenario::Search => search(&client, &args, worker, n).await,
+                    Scenario::Query => query(&client, &args, worker, n).await,
                 };
                 let elapsed = started.elapsed();
                 if !measuring.load(Ordering::Relaxed) {
@@ -151,6 +181,7 @@ async fn main() {
                     Scenario::Create => "create",
                     Scenario::Read => "read",
                     Scenario::Search => "search",
+                    Scenario::Query => "query",
                 },
                 "clients": args.clients, "seconds": elapsed, "ok": ok, "errors": errors,
                 "per_second": throughput, "p50_ms": pct(50.0), "p95_ms": pct(95.0), "p99_ms": pct(99.0),
@@ -281,4 +312,146 @@ async fn search(
     } else {
         Err(status.to_string())
     }
+}
+
+async fn query(client: &reqwest::Client, args: &Args, worker: usize, n: u64) -> Result<(), String> {
+    let patient = spread(worker as u64 * 7919 + n) % args.patients.max(1);
+    let path = args.query.replace("{patient}", &patient.to_string());
+    let response = authorized(client.get(format!("{}/{path}", args.base)), args)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = response.bytes().await.map_err(|e| e.to_string())?;
+    if status.as_u16() == 200 {
+        Ok(())
+    } else {
+        Err(format!("{status} {}", String::from_utf8_lossy(&body)))
+    }
+}
+
+/// A cheap deterministic scramble, so runs are repeatable but not sequential.
+fn spread(x: u64) -> u64 {
+    x.wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        >> 17
+}
+
+/// The seeded codes: (LOINC code, display, UCUM unit, base value).
+const SEED_CODES: &[(&str, &str, &str, u64)] = &[
+    ("8867-4", "Heart rate", "/min", 60),
+    ("2708-6", "Oxygen saturation in Arterial blood", "%", 90),
+    ("9279-1", "Respiratory rate", "/min", 12),
+    ("8310-5", "Body temperature", "Cel", 36),
+    ("8480-6", "Systolic blood pressure", "mm[Hg]", 100),
+];
+const SEED_DEVICES: u64 = 10;
+/// Seeded Observations start here and are a minute apart per patient.
+const SEED_START_SECONDS: i64 = 1_709_251_200; // 2024-03-01T00:00:00Z
+
+/// Stores patients, devices and Observations through transaction Bundles of 250 entries,
+/// `--clients` at a time. Ids are fixed (`bench-p7`, `bench-d3`, conditional creates on
+/// Observation identifiers), so seeding twice stores nothing new.
+async fn seed(client: &reqwest::Client, args: &Args, observations: u64) {
+    let started = Instant::now();
+    let mut fixed = Vec::new();
+    for p in 0..args.patients {
+        fixed.push(json!({
+            "resource": {"resourceType": "Patient", "id": format!("bench-p{p}"),
+                "identifier": [{"system": "http://fhirgate.example/bench", "value": format!("p{p}")}],
+                "name": [{"family": format!("Bench{p}")}]},
+            "request": {"method": "PUT", "url": format!("Patient/bench-p{p}")}
+        }));
+    }
+    for d in 0..SEED_DEVICES {
+        fixed.push(json!({
+            "resource": {"resourceType": "Device", "id": format!("bench-d{d}"), "serialNumber": format!("SN{d}")},
+            "request": {"method": "PUT", "url": format!("Device/bench-d{d}")}
+        }));
+    }
+    for chunk in fixed.chunks(250) {
+        post_bundle(client, args, chunk.to_vec()).await;
+    }
+    let batches: Vec<(u64, u64)> = (0..observations)
+        .step_by(250)
+        .map(|start| (start, (start + 250).min(observations)))
+        .collect();
+    let next = Arc::new(AtomicU64::new(0));
+    let batches = Arc::new(batches);
+    let mut workers = Vec::new();
+    for _ in 0..args.clients.max(1) {
+        let (client, next, batches) = (client.clone(), next.clone(), batches.clone());
+        let args = args.clone();
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let Some(&(from, to)) = batches.get(i) else {
+                    break;
+                };
+                let entries = (from..to)
+                    .map(|k| seed_observation(k, args.patients))
+                    .collect();
+                post_bundle(&client, &args, entries).await;
+            }
+        }));
+    }
+    for worker in workers {
+        let _ = worker.await;
+    }
+    eprintln!(
+        "seeded {} patients, {SEED_DEVICES} devices and {observations} Observations in {:.0} s",
+        args.patients,
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn seed_observation(k: u64, patients: u64) -> serde_json::Value {
+    let patients = patients.max(1);
+    let patient = k % patients;
+    let (code, display, unit, base) = SEED_CODES[(spread(k) % SEED_CODES.len() as u64) as usize];
+    let minute = (k / patients) as i64;
+    let effective = chrono::DateTime::from_timestamp(SEED_START_SECONDS + minute * 60, 0)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    json!({
+        "resource": {
+            "resourceType": "Observation",
+            "identifier": [{"system": "http://fhirgate.example/bench", "value": format!("o{k}")}],
+            "status": "final",
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+            "code": {"coding": [{"system": "http://loinc.org", "code": code, "display": display}]},
+            "subject": {"reference": format!("Patient/bench-p{patient}")},
+            "device": {"reference": format!("Device/bench-d{}", k % SEED_DEVICES)},
+            "effectiveDateTime": effective,
+            "valueQuantity": {"value": base + spread(k) % 20, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}
+        },
+        "request": {"method": "POST", "url": "Observation",
+            "ifNoneExist": format!("identifier=http://fhirgate.example/bench|o{k}")}
+    })
+}
+
+async fn post_bundle(client: &reqwest::Client, args: &Args, entries: Vec<serde_json::Value>) {
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+    for attempt in 0..5 {
+        let result = authorized(client.post(&args.base), args)
+            .header("content-type", "application/fhir+json")
+            .header("prefer", "return=minimal")
+            .body(bundle.to_string())
+            .send()
+            .await;
+        match result {
+            Ok(response) if response.status().is_success() => return,
+            Ok(response) => {
+                let status = response.status();
+                eprintln!(
+                    "seed bundle failed: {status} {}",
+                    response.text().await.unwrap_or_default()
+                );
+            }
+            Err(err) => eprintln!("seed bundle failed: {err}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
+    }
+    eprintln!("giving up on a seed bundle");
+    std::process::exit(1);
 }
