@@ -1134,7 +1134,7 @@ async fn run_stats(state: &AppState, params: Vec<OpParam>) -> FhirResult<Respons
     let alternatives = vec!["(t.system = ? AND t.code = ?)"; request.codes.len()].join(" OR ");
     sql.push_str(&format!(
         " AND EXISTS (SELECT 1 FROM search_token t WHERE t.resource_type = r.resource_type \
-         AND t.resource_id = r.id AND t.param = 'combo-code' AND ({alternatives}))"
+         AND t.resource_id = r.id AND t.param IN ('code', 'component-code') AND ({alternatives}))"
     ));
     for key in &request.codes {
         values.push(key.system.as_str().into());
