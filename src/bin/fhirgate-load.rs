@@ -277,17 +277,7 @@ async fn read(
     n: u64,
 ) -> Result<(), String> {
     let id = &ids[(worker + n as usize) % ids.len()];
-    let response = authorized(client.get(format!("{}/Observation/{id}", args.base)), args)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status();
-    let _ = response.bytes().await;
-    if status.as_u16() == 200 {
-        Ok(())
-    } else {
-        Err(status.to_string())
-    }
+    get_ok(client, args, &format!("Observation/{id}")).await
 }
 
 async fn search(
@@ -296,27 +286,29 @@ async fn search(
     worker: usize,
     n: u64,
 ) -> Result<(), String> {
-    let url = format!(
-        "{}/Observation?subject=Patient/load-{}&code=http://loinc.org|8867-4&_sort=-date&_count=10",
-        args.base,
-        (worker + n as usize) % 8
-    );
-    let response = authorized(client.get(url), args)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status();
-    let _ = response.bytes().await;
-    if status.as_u16() == 200 {
-        Ok(())
-    } else {
-        Err(status.to_string())
-    }
+    let patient = (worker + n as usize) % 8;
+    get_ok(
+        client,
+        args,
+        &format!(
+            "Observation?subject=Patient/load-{patient}&code=http://loinc.org|8867-4&_sort=-date&_count=10"
+        ),
+    )
+    .await
 }
 
 async fn query(client: &reqwest::Client, args: &Args, worker: usize, n: u64) -> Result<(), String> {
     let patient = spread(worker as u64 * 7919 + n) % args.patients.max(1);
-    let path = args.query.replace("{patient}", &patient.to_string());
+    get_ok(
+        client,
+        args,
+        &args.query.replace("{patient}", &patient.to_string()),
+    )
+    .await
+}
+
+/// GETs `path` below the base and reads the whole body; anything but 200 is an error.
+async fn get_ok(client: &reqwest::Client, args: &Args, path: &str) -> Result<(), String> {
     let response = authorized(client.get(format!("{}/{path}", args.base)), args)
         .send()
         .await
