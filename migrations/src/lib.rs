@@ -9,6 +9,7 @@ mod m20261124_000001_resources;
 mod m20261124_000002_search_index;
 mod m20261124_000003_search_composite;
 mod m20261124_000004_sort_indexes;
+mod m20261124_000005_covering_indexes;
 
 pub struct Migrator;
 
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000002_search_index::Migration),
             Box::new(m20261124_000003_search_composite::Migration),
             Box::new(m20261124_000004_sort_indexes::Migration),
+            Box::new(m20261124_000005_covering_indexes::Migration),
         ]
     }
 }

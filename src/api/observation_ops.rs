@@ -34,7 +34,7 @@ use super::summary::{FormatParams, Summary};
 use super::AppState;
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::outcome::{operation_outcome, Issue, IssueCode};
-use crate::search::criteria::{condition, is_known, split_unescaped, split_values};
+use crate::search::criteria::{condition, conjunction, is_known, split_unescaped, split_values};
 use crate::search::extract::parse_date_range;
 use crate::search::observation_stats::{self, Outcome, Point, Sample, Statistic};
 use crate::store::sql::statement;
@@ -416,8 +416,7 @@ async fn run_lastn(
     let mut used: Vec<(String, String)> = Vec::new();
     let mut format_pairs: Vec<(String, String)> = Vec::new();
     let mut ignored: Vec<String> = Vec::new();
-    let mut filter_sql = String::new();
-    let mut filter_values: Vec<Value> = Vec::new();
+    let mut conditions = Vec::new();
     let mut has_subject = false;
     let mut has_code = false;
     for OpParam { name, text, .. } in params {
@@ -452,11 +451,7 @@ async fn run_lastn(
                 continue;
             }
             _ => {
-                if let Some(condition) = condition(OBSERVATION, &name, &text)? {
-                    filter_sql.push_str(" AND ");
-                    filter_sql.push_str(&condition.sql);
-                    filter_values.extend(condition.values);
-                }
+                conditions.extend(condition(OBSERVATION, &name, &text)?);
                 has_subject |= matches!(base_code, "patient" | "subject");
                 has_code |= CODE_PARAMETERS.contains(&base_code);
             }
@@ -478,6 +473,7 @@ async fn run_lastn(
         ));
     }
     let format = FormatParams::parse(Some(&query_string(&format_pairs)))?;
+    let (filter_sql, filter_values) = conjunction(conditions);
 
     let conn = state.store.connection();
     let backend = conn.get_database_backend();
@@ -1120,16 +1116,16 @@ async fn run_stats(state: &AppState, params: Vec<OpParam>) -> FhirResult<Respons
          FROM resources r WHERE r.resource_type = ? AND r.deleted = ?",
     );
     let mut values: Vec<Value> = vec![OBSERVATION.into(), false.into()];
+    let mut conditions = Vec::new();
     for (name, value) in [
         (subject_param.as_str(), subject_value.as_str()),
         ("status:not", "entered-in-error"),
     ] {
-        if let Some(condition) = condition(OBSERVATION, name, value)? {
-            sql.push_str(" AND ");
-            sql.push_str(&condition.sql);
-            values.extend(condition.values);
-        }
+        conditions.extend(condition(OBSERVATION, name, value)?);
     }
+    let (filter_sql, filter_values) = conjunction(conditions);
+    sql.push_str(&filter_sql);
+    values.extend(filter_values);
     // The codes, in Observation.code or Observation.component.code.
     let alternatives = vec!["(t.system = ? AND t.code = ?)"; request.codes.len()].join(" OR ");
     sql.push_str(&format!(
@@ -1265,8 +1261,9 @@ async fn run_stats(state: &AppState, params: Vec<OpParam>) -> FhirResult<Respons
         let mut values: Vec<Value> = vec![OBSERVATION.into(), false.into()];
         values.extend(chunk.iter().map(|id| Value::from(id.as_str())));
         if let Some(condition) = condition(OBSERVATION, "status:not", "entered-in-error")? {
+            // Checked per row of the listed ids.
             sql.push_str(" AND ");
-            sql.push_str(&condition.sql);
+            sql.push_str(condition.probe.as_deref().unwrap_or(&condition.sql));
             values.extend(condition.values);
         }
         sql.push_str(" ORDER BY r.id");

@@ -17,7 +17,9 @@ use super::{check_type, AppState};
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::outcome::{operation_outcome, Issue, IssueCode};
 use crate::search::compartment::Compartments;
-use crate::search::criteria::{condition, is_known, Condition, RESULT_PARAMETERS};
+use crate::search::criteria::{
+    condition, conjunction, is_known, rows_of_type, Condition, Selectivity, RESULT_PARAMETERS,
+};
 use crate::search::include::{
     fetch_current, resolve as resolve_includes, IncludeSpec, MAX_INCLUDED,
 };
@@ -206,9 +208,11 @@ impl Scope {
         }
     }
 
-    /// The condition selecting the scope's current resources, on the row `r`.
-    fn condition(&self) -> FhirResult<(String, Vec<Value>)> {
+    /// The condition selecting the scope's current resources, on the row `r`, and the
+    /// compartment membership, a condition among the search's own (it may drive it).
+    fn condition(&self) -> FhirResult<(String, Vec<Value>, Option<Condition>)> {
         let mut values: Vec<Value> = vec![false.into()];
+        let mut member = None;
         let sql = match self {
             Scope::Type(t) => {
                 values.push(t.as_str().into());
@@ -219,10 +223,9 @@ impl Scope {
                 id,
                 resource_type,
             } => {
-                let member = Compartments::get().condition(compartment, id, resource_type)?;
+                member = Some(Compartments::get().condition(compartment, id, resource_type)?);
                 values.push(resource_type.as_str().into());
-                values.extend(member.values);
-                format!("r.deleted = ? AND r.resource_type = ? AND {}", member.sql)
+                "r.deleted = ? AND r.resource_type = ?".to_string()
             }
             Scope::System(types) if types.is_empty() => "r.deleted = ?".to_string(),
             Scope::System(types) => {
@@ -233,7 +236,7 @@ impl Scope {
                 )
             }
         };
-        Ok((sql, values))
+        Ok((sql, values, member))
     }
 }
 
@@ -256,12 +259,19 @@ fn scope_condition(types: &[&str], name: &str, value: &str) -> FhirResult<Option
         return condition("Resource", name, value);
     }
     let mut alternatives = Vec::new();
+    let mut probes = Vec::new();
     let mut values = Vec::new();
+    let mut selectivity = Selectivity::Single;
     for resource_type in types {
         if let Some(inner) = condition(resource_type, name, value)? {
             alternatives.push(format!("(r.resource_type = ? AND {})", inner.sql));
+            probes.push(format!(
+                "(r.resource_type = ? AND {})",
+                inner.probe.as_deref().unwrap_or(&inner.sql)
+            ));
             values.push(Value::from(*resource_type));
             values.extend(inner.values);
+            selectivity = selectivity.min(inner.selectivity);
         } else {
             return Ok(None);
         }
@@ -269,6 +279,10 @@ fn scope_condition(types: &[&str], name: &str, value: &str) -> FhirResult<Option
     Ok(Some(Condition {
         sql: format!("({})", alternatives.join(" OR ")),
         values,
+        probe: Some(format!("({})", probes.join(" OR "))),
+        selectivity,
+        source: None,
+        reads_row: false,
     }))
 }
 
@@ -294,8 +308,7 @@ async fn search(
     let mut total_wanted = false;
     let mut includes: Vec<IncludeSpec> = Vec::new();
     let mut sort_keys: Vec<SortKey> = Vec::new();
-    let mut filter_sql = String::new();
-    let mut filter_values: Vec<Value> = Vec::new();
+    let mut conditions: Vec<Condition> = Vec::new();
     for (name, value) in form_urlencoded::parse(query.as_bytes()).into_owned() {
         if name == "_type" {
             used.push((name, value));
@@ -343,9 +356,7 @@ async fn search(
             }
             _ => {
                 if let Some(condition) = scope_condition(&types, &name, &value)? {
-                    filter_sql.push_str(" AND ");
-                    filter_sql.push_str(&condition.sql);
-                    filter_values.extend(condition.values);
+                    conditions.push(condition);
                 }
             }
         }
@@ -360,14 +371,28 @@ async fn search(
     let conn = state.store.connection();
     let backend = conn.get_database_backend();
     let want_total = total_wanted || format.summary == Summary::Count;
-    let (scope_sql, scope_values) = scope.condition()?;
+    let (scope_sql, scope_values, member) = scope.condition()?;
+    conditions.extend(member);
+    let (from_where, where_values) = match scope {
+        Scope::System(_) => {
+            let (filter_sql, filter_values) = conjunction(conditions);
+            let mut values = scope_values;
+            values.extend(filter_values);
+            (
+                format!("FROM resources r WHERE {scope_sql}{filter_sql}"),
+                values,
+            )
+        }
+        _ => rows_of_type(
+            (&scope_sql, scope_values),
+            conditions,
+            sort_keys.iter().any(SortKey::reads_row),
+        ),
+    };
     let total = if want_total {
-        let count_sql =
-            format!("SELECT COUNT(*) AS n FROM resources r WHERE {scope_sql}{filter_sql}");
-        let mut count_values: Vec<Value> = scope_values.clone();
-        count_values.extend(filter_values.iter().cloned());
+        let count_sql = format!("SELECT COUNT(*) AS n {from_where}");
         let row = conn
-            .query_one_raw(statement(backend, &count_sql, count_values))
+            .query_one_raw(statement(backend, &count_sql, where_values.clone()))
             .await?;
         Some(match row {
             Some(row) => row.try_get::<i64>("", "n")?,
@@ -381,9 +406,6 @@ async fn search(
     let mut match_count = 0;
     let mut warnings: Vec<Issue> = Vec::new();
     if format.summary != Summary::Count && count > 0 {
-        let from_where = format!("FROM resources r WHERE {scope_sql}{filter_sql}");
-        let mut where_values: Vec<Value> = scope_values.clone();
-        where_values.extend(filter_values.iter().cloned());
         let (sql, values) = page_query(
             &from_where,
             &where_values,

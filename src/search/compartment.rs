@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use sea_orm::Value;
 use serde::Deserialize;
 
-use super::criteria::Condition;
+use super::criteria::{Condition, Selectivity};
 use crate::error::{FhirError, FhirResult};
 
 const DEFINITIONS_GZ: &[u8] =
@@ -108,16 +108,23 @@ impl Compartments {
         }
         let params = self.params(compartment_type, resource_type);
         let mut alternatives = Vec::new();
+        let mut probes = Vec::new();
         let mut values: Vec<Value> = Vec::new();
         if resource_type == compartment_type {
             alternatives.push("r.id = ?".to_string());
+            probes.push("r.id = ?".to_string());
             values.push(id.into());
         }
         if !params.is_empty() {
+            let params_sql = vec!["?"; params.len()].join(", ");
             alternatives.push(format!(
                 "r.id IN (SELECT c.resource_id FROM search_reference c WHERE c.resource_type = ? \
-                 AND c.param IN ({}) AND c.target_type = ? AND c.target_id = ?)",
-                vec!["?"; params.len()].join(", ")
+                 AND c.param IN ({params_sql}) AND c.target_type = ? AND c.target_id = ?)"
+            ));
+            probes.push(format!(
+                "EXISTS (SELECT 1 FROM search_reference c WHERE c.resource_type = ? \
+                 AND c.param IN ({params_sql}) AND c.target_type = ? AND c.target_id = ? \
+                 AND c.resource_id = r.id)"
             ));
             values.push(resource_type.into());
             values.extend(params.iter().map(|p| Value::from(p.as_str())));
@@ -129,9 +136,22 @@ impl Compartments {
                 "{resource_type} resources are never in a {compartment_type} compartment"
             )));
         }
+        // Members found by reference alone come straight from the reference index.
+        let source = (resource_type != compartment_type).then(|| {
+            format!(
+                "SELECT DISTINCT c.resource_type, c.resource_id AS id FROM search_reference c \
+                 WHERE c.resource_type = ? AND c.param IN ({}) AND c.target_type = ? \
+                 AND c.target_id = ?",
+                vec!["?"; params.len()].join(", ")
+            )
+        });
         Ok(Condition {
             sql: format!("({})", alternatives.join(" OR ")),
             values,
+            probe: Some(format!("({})", probes.join(" OR "))),
+            selectivity: Selectivity::Narrow,
+            source,
+            reads_row: false,
         })
     }
 

@@ -26,8 +26,165 @@ use crate::fhir::outcome::IssueCode;
 /// A SQL condition with its bind values, in `?` placeholder order.
 #[derive(Debug, Clone, Default)]
 pub struct Condition {
+    /// The standalone form, usually `owner.id IN (uncorrelated index subquery)`: the
+    /// database can start a query from it.
     pub sql: String,
     pub values: Vec<Value>,
+    /// The same test as a lookup of the owner row's own index entries (a correlated
+    /// `EXISTS`), with the same bind values in the same order; cheap once per row. `None`
+    /// when `sql` already is (a test of the row's own columns).
+    pub probe: Option<String>,
+    /// How few resources the condition is expected to select.
+    pub selectivity: Selectivity,
+    /// The matching resources straight from one index table, as `SELECT DISTINCT
+    /// resource_type, resource_id AS id FROM …` with the same bind values: index rows
+    /// exist only for current, undeleted resources, so a search driven by this condition
+    /// need not read `resources` at all.
+    pub source: Option<String>,
+    /// The condition reads the row's own columns besides `id` (`last_updated`).
+    pub reads_row: bool,
+}
+
+/// Expected selectivity, from the least selective to the most: the most selective
+/// condition of a search drives it (see [`conjunction`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Selectivity {
+    /// Negations, `:missing`, substring and word matches: never worth starting from.
+    #[default]
+    Filter,
+    /// Date, number and quantity ranges, composites, `_lastUpdated`.
+    Range,
+    /// One code, string or URI: often a large share of a type (every heart rate).
+    Broad,
+    /// Chains and `_has`: the resources linked to the matches of another search.
+    Linked,
+    /// A reference to one resource, an identifier, a compartment: a patient's data.
+    Narrow,
+    /// `_id`.
+    Single,
+}
+
+impl Condition {
+    /// A condition on the row's own columns, as cheap per row as it is to start from.
+    pub fn plain(sql: String, values: Vec<Value>, selectivity: Selectivity) -> Condition {
+        Condition {
+            sql,
+            values,
+            selectivity,
+            ..Condition::default()
+        }
+    }
+
+    /// The form used when another condition drives the query.
+    fn probe_sql(&self) -> &str {
+        self.probe.as_deref().unwrap_or(&self.sql)
+    }
+
+    /// Two conditions joined by ` OR ` or ` AND ` (both forms alike).
+    fn combine(self, other: Condition, joiner: &str) -> Condition {
+        let probe = match (&self.probe, &other.probe) {
+            (None, None) => None,
+            _ => Some(format!(
+                "(({}){joiner}({}))",
+                self.probe_sql(),
+                other.probe_sql()
+            )),
+        };
+        let mut values = self.values;
+        values.extend(other.values);
+        Condition {
+            sql: format!("(({}){joiner}({}))", self.sql, other.sql),
+            values,
+            probe,
+            selectivity: self.selectivity.min(other.selectivity),
+            source: None,
+            reads_row: self.reads_row || other.reads_row,
+        }
+    }
+}
+
+/// The conditions of one search, all of which must hold, as ` AND …` to append to a WHERE
+/// clause on the row `r` (empty for none). The most selective condition keeps its
+/// standalone form, so the database starts from its index entries (one patient's
+/// Observations); every other one is checked per row of it through its probe. Standalone
+/// forms intersected instead would each be built in full first: the two hundred thousand
+/// heart rates to keep the few hundred of one patient. When nothing is worth starting from
+/// (only negations, say), every condition is a probe on the rows of the searched types.
+pub fn conjunction(conditions: Vec<Condition>) -> (String, Vec<Value>) {
+    let (driver, probes) = split_driver(conditions);
+    let mut sql = String::new();
+    let mut values = Vec::new();
+    if let Some(driver) = driver {
+        sql.push_str(" AND ");
+        sql.push_str(&driver.sql);
+        values.extend(driver.values);
+    }
+    let (probe_sql, probe_values) = probes_of(probes);
+    sql.push_str(&probe_sql);
+    values.extend(probe_values);
+    (sql, values)
+}
+
+/// The condition worth starting from, if any, and the others, most selective first.
+fn split_driver(mut conditions: Vec<Condition>) -> (Option<Condition>, Vec<Condition>) {
+    // Stable: among equally selective conditions the first one given drives.
+    conditions.sort_by_key(|c| std::cmp::Reverse(c.selectivity));
+    let drives = conditions
+        .first()
+        .is_some_and(|c| c.selectivity > Selectivity::Filter);
+    let driver = drives.then(|| conditions.remove(0));
+    (driver, conditions)
+}
+
+/// ` AND probe…` for each condition.
+fn probes_of(conditions: Vec<Condition>) -> (String, Vec<Value>) {
+    let mut sql = String::new();
+    let mut values = Vec::new();
+    for condition in conditions {
+        sql.push_str(" AND ");
+        sql.push_str(condition.probe_sql());
+        values.extend(condition.values);
+    }
+    (sql, values)
+}
+
+/// The resources of one type that a search selects, as `FROM … WHERE …` defining the row
+/// `r` (with `r.resource_type` and `r.id`), and its bind values. `scope` is the condition
+/// on `resources r` of the searched type (current, undeleted resources, of a compartment);
+/// `row_needed` says whether the query reads other columns of `r` (sorts by
+/// `_lastUpdated`). When the driving condition has a [`Condition::source`] and nothing
+/// needs the row, the query runs on index entries alone: the wide `resources` rows, which
+/// hold the content, are read for the page only.
+pub fn rows_of_type(
+    (scope_sql, scope_values): (&str, Vec<Value>),
+    conditions: Vec<Condition>,
+    row_needed: bool,
+) -> (String, Vec<Value>) {
+    let row_needed = row_needed || conditions.iter().any(|c| c.reads_row);
+    let (driver, probes) = split_driver(conditions);
+    match driver {
+        Some(Condition {
+            source: Some(source),
+            values: source_values,
+            ..
+        }) if !row_needed => {
+            let (probe_sql, probe_values) = probes_of(probes);
+            let mut values = source_values;
+            values.extend(probe_values);
+            (format!("FROM ({source}) r WHERE 1 = 1{probe_sql}"), values)
+        }
+        driver => {
+            let mut conditions: Vec<Condition> = driver.into_iter().collect();
+            conditions.extend(probes);
+            let (filter_sql, filter_values) = conjunction(conditions);
+            let mut values = scope_values;
+            values.extend(filter_values);
+            (
+                format!("FROM resources r WHERE {scope_sql}{filter_sql}"),
+                values,
+            )
+        }
+    }
 }
 
 /// Parameters that shape results rather than select resources.
@@ -109,12 +266,7 @@ fn combo_condition(
     };
     let negative = modifier == Some("not") || (modifier == Some("missing") && value == "true");
     let joiner = if negative { " AND " } else { " OR " };
-    let mut values = own.values;
-    values.extend(component.values);
-    Ok(Some(Condition {
-        sql: format!("(({}){joiner}({}))", own.sql, component.sql),
-        values,
-    }))
+    Ok(Some(own.combine(component, joiner)))
 }
 
 /// Chains and `_has` nest at most this deep.
@@ -280,6 +432,7 @@ fn condition_on(
                         (p, v)
                     }),
                 false,
+                Selectivity::Narrow,
             )));
         }
         (ParamType::Reference, Some(m @ ("above" | "below"))) => {
@@ -338,7 +491,23 @@ fn condition_on(
         code,
         (parts, values),
         negate,
+        selectivity_of(param_type, code, modifier),
     )))
+}
+
+/// How selective a plain or modified (but not negated) parameter of `param_type` is.
+fn selectivity_of(param_type: ParamType, code: &str, modifier: Option<&str>) -> Selectivity {
+    match (param_type, modifier) {
+        (ParamType::Reference, _) => Selectivity::Narrow,
+        (ParamType::Token, Some("of-type")) => Selectivity::Narrow,
+        (ParamType::Token, None) if code.ends_with("identifier") => Selectivity::Narrow,
+        (ParamType::Token, Some("text")) | (ParamType::String, Some("contains")) => {
+            Selectivity::Filter
+        }
+        (ParamType::Token | ParamType::String, _) => Selectivity::Broad,
+        (ParamType::Uri, None) => Selectivity::Broad,
+        _ => Selectivity::Range,
+    }
 }
 
 fn not_supported(message: String) -> FhirError {
@@ -529,9 +698,11 @@ fn string_text_condition(
 ) -> FhirResult<Condition> {
     let name = format!("{code}:text");
     let mut alternative_sql = Vec::with_capacity(alternatives.len());
+    let mut alternative_probes = Vec::with_capacity(alternatives.len());
     let mut values: Vec<Value> = Vec::new();
     for alternative in alternatives {
         let mut each = Vec::new();
+        let mut each_probe = Vec::new();
         for word in text_words(&name, alternative)? {
             values.push(resource_type.into());
             values.push(code.into());
@@ -540,12 +711,21 @@ fn string_text_condition(
                 "{owner}.id IN (SELECT s.resource_id FROM search_string s \
                  WHERE s.resource_type = ? AND s.param = ? AND {matched})"
             ));
+            each_probe.push(format!(
+                "EXISTS (SELECT 1 FROM search_string s WHERE s.resource_type = ? \
+                 AND s.param = ? AND s.resource_id = {owner}.id AND {matched})"
+            ));
         }
         alternative_sql.push(format!("({})", each.join(" AND ")));
+        alternative_probes.push(format!("({})", each_probe.join(" AND ")));
     }
     Ok(Condition {
         sql: format!("({})", alternative_sql.join(" OR ")),
         values,
+        probe: Some(format!("({})", alternative_probes.join(" OR "))),
+        selectivity: Selectivity::Filter,
+        source: None,
+        reads_row: false,
     })
 }
 
@@ -722,17 +902,28 @@ fn composite_condition(
             )
         })
         .collect();
+    let alternatives = parts.join(" OR ");
     Ok(Condition {
         sql: format!(
             "{owner}.id IN (SELECT k0.resource_id FROM search_composite k0{joins} \
-             WHERE k0.resource_type = ? AND k0.param = ? AND k0.component = 0 AND ({}))",
-            parts.join(" OR ")
+             WHERE k0.resource_type = ? AND k0.param = ? AND k0.component = 0 AND ({alternatives}))"
         ),
         values,
+        probe: Some(format!(
+            "EXISTS (SELECT 1 FROM search_composite k0{joins} WHERE k0.resource_type = ? \
+             AND k0.param = ? AND k0.resource_id = {owner}.id AND k0.component = 0 \
+             AND ({alternatives}))"
+        )),
+        selectivity: Selectivity::Range,
+        source: None,
+        reads_row: false,
     })
 }
 
 /// `owner.id IN (SELECT resource_id FROM table WHERE param = ? AND (p1 OR p2…))`.
+/// As the probe, `EXISTS (… WHERE resource_type = ? AND param = ? AND resource_id =
+/// owner.id AND (p1 OR p2…))`, a seek in the per-resource index of `table`.
+#[allow(clippy::too_many_arguments)]
 fn exists(
     owner: &str,
     table: &str,
@@ -741,6 +932,7 @@ fn exists(
     param: &str,
     (parts, part_values): (Vec<String>, Vec<Value>),
     negate: bool,
+    selectivity: Selectivity,
 ) -> Condition {
     let alternatives = parts
         .iter()
@@ -749,15 +941,27 @@ fn exists(
         .join(" OR ");
     let mut values: Vec<Value> = vec![resource_type.into(), param.into()];
     values.extend(part_values);
-    // `id IN (uncorrelated subquery)` lets both databases start from the index entries
-    // (a correlated EXISTS would visit every resource of the type).
+    let not = if negate { "NOT " } else { "" };
+    let matching = format!(
+        "FROM {table} {alias} WHERE {alias}.resource_type = ? AND {alias}.param = ? \
+         AND ({alternatives})"
+    );
     Condition {
-        sql: format!(
-            "{owner}.id {}IN (SELECT {alias}.resource_id FROM {table} {alias} \
-             WHERE {alias}.resource_type = ? AND {alias}.param = ? AND ({alternatives}))",
-            if negate { "NOT " } else { "" }
-        ),
+        sql: format!("{owner}.id {not}IN (SELECT {alias}.resource_id {matching})"),
+        source: (!negate).then(|| {
+            format!("SELECT DISTINCT {alias}.resource_type, {alias}.resource_id AS id {matching}")
+        }),
+        reads_row: false,
         values,
+        probe: Some(format!(
+            "{not}EXISTS (SELECT 1 FROM {table} {alias} WHERE {alias}.resource_type = ? \
+             AND {alias}.param = ? AND {alias}.resource_id = {owner}.id AND ({alternatives}))"
+        )),
+        selectivity: if negate {
+            Selectivity::Filter
+        } else {
+            selectivity
+        },
     }
 }
 
@@ -798,16 +1002,24 @@ fn chain_condition(
     let mut alternatives = Vec::new();
     let mut values: Vec<Value> = vec![resource_type.into(), code.into()];
     let mut last_error = None;
+    let mut probes = Vec::new();
     for target_type in &targets {
         // Targets without the chained parameter cannot match; skip them.
         match condition_on(target_type, chained, value, depth + 1) {
             Ok(Some(inner)) => {
-                // Uncorrelated: the matching targets are found first, from their index.
+                // Standalone: the matching targets are found first, from their index.
                 alternatives.push(format!(
                     "(f{depth}.target_type = ? AND f{depth}.target_id IN (SELECT {target}.id \
                      FROM resources {target} WHERE {target}.resource_type = ? \
                      AND {target}.deleted = ? AND {}))",
                     inner.sql
+                ));
+                // Probe: the owner's references are followed and their targets tested.
+                probes.push(format!(
+                    "(f{depth}.target_type = ? AND EXISTS (SELECT 1 FROM resources {target} \
+                     WHERE {target}.resource_type = ? AND {target}.id = f{depth}.target_id \
+                     AND {target}.deleted = ? AND {}))",
+                    inner.probe_sql()
                 ));
                 values.push(target_type.as_str().into());
                 values.push(target_type.as_str().into());
@@ -832,6 +1044,14 @@ fn chain_condition(
             alternatives.join(" OR ")
         ),
         values,
+        probe: Some(format!(
+            "EXISTS (SELECT 1 FROM search_reference f{depth} WHERE f{depth}.resource_type = ? \
+             AND f{depth}.param = ? AND f{depth}.resource_id = {owner}.id AND ({}))",
+            probes.join(" OR ")
+        )),
+        selectivity: Selectivity::Linked,
+        source: None,
+        reads_row: false,
     })
 }
 
@@ -877,7 +1097,7 @@ fn has_condition(
         resource_type.into(),
         false.into(),
     ];
-    values.extend(inner.values);
+    values.extend(inner.values.iter().cloned());
     Ok(Condition {
         sql: format!(
             "{owner}.id IN (SELECT h{depth}.target_id FROM search_reference h{depth} \
@@ -888,6 +1108,17 @@ fn has_condition(
             inner.sql
         ),
         values,
+        probe: Some(format!(
+            "EXISTS (SELECT 1 FROM search_reference h{depth} \
+             JOIN resources {source} ON {source}.resource_type = h{depth}.resource_type \
+             AND {source}.id = h{depth}.resource_id \
+             WHERE h{depth}.resource_type = ? AND h{depth}.param = ? AND h{depth}.target_type = ? \
+             AND h{depth}.target_id = {owner}.id AND {source}.deleted = ? AND {})",
+            inner.probe_sql()
+        )),
+        selectivity: Selectivity::Linked,
+        source: None,
+        reads_row: false,
     })
 }
 
@@ -993,10 +1224,11 @@ fn id_condition(owner: &str, modifier: Option<&str>, value: &str) -> FhirResult<
     }
     let ids = split_values(value);
     check_alternatives("_id", ids.len())?;
-    Ok(Condition {
-        sql: format!("{owner}.id IN ({})", vec!["?"; ids.len()].join(", ")),
-        values: ids.into_iter().map(Value::from).collect(),
-    })
+    Ok(Condition::plain(
+        format!("{owner}.id IN ({})", vec!["?"; ids.len()].join(", ")),
+        ids.into_iter().map(Value::from).collect(),
+        Selectivity::Single,
+    ))
 }
 
 fn last_updated_condition(
@@ -1029,15 +1261,19 @@ fn last_updated_condition(
         )?);
     }
     Ok(Condition {
-        sql: format!(
-            "({})",
-            parts
-                .iter()
-                .map(|p| format!("({p})"))
-                .collect::<Vec<_>>()
-                .join(" OR ")
-        ),
-        values,
+        reads_row: true,
+        ..Condition::plain(
+            format!(
+                "({})",
+                parts
+                    .iter()
+                    .map(|p| format!("({p})"))
+                    .collect::<Vec<_>>()
+                    .join(" OR ")
+            ),
+            values,
+            Selectivity::Range,
+        )
     })
 }
 
@@ -1062,27 +1298,34 @@ fn missing_condition(
         other => table_of(other)
             .ok_or_else(|| not_supported(format!("{code}:missing is not supported")))?,
     };
-    let mut present = vec![format!(
-        "{owner}.id IN (SELECT {alias}.resource_id FROM {table} {alias} \
-         WHERE {alias}.resource_type = ? AND {alias}.param = ?)"
-    )];
-    let mut values: Vec<Value> = vec![resource_type.into(), code.into()];
+    let mut tables = vec![(table, alias, code.to_string())];
     if param_type == ParamType::Reference {
         // A reference given only by its identifier is present too.
+        tables.push(("search_token", "t", format!("{code}:identifier")));
+    }
+    let mut present = Vec::new();
+    let mut probes = Vec::new();
+    let mut values: Vec<Value> = Vec::new();
+    for (table, alias, param) in tables {
         present.push(format!(
-            "{owner}.id IN (SELECT t.resource_id FROM search_token t \
-             WHERE t.resource_type = ? AND t.param = ?)"
+            "{owner}.id IN (SELECT {alias}.resource_id FROM {table} {alias} \
+             WHERE {alias}.resource_type = ? AND {alias}.param = ?)"
+        ));
+        probes.push(format!(
+            "EXISTS (SELECT 1 FROM {table} {alias} WHERE {alias}.resource_type = ? \
+             AND {alias}.param = ? AND {alias}.resource_id = {owner}.id)"
         ));
         values.push(resource_type.into());
-        values.push(format!("{code}:identifier").into());
+        values.push(param.into());
     }
+    let not = if missing { "NOT " } else { "" };
     Ok(Condition {
-        sql: format!(
-            "{}({})",
-            if missing { "NOT " } else { "" },
-            present.join(" OR ")
-        ),
+        sql: format!("{not}({})", present.join(" OR ")),
         values,
+        probe: Some(format!("{not}({})", probes.join(" OR "))),
+        selectivity: Selectivity::Filter,
+        source: None,
+        reads_row: false,
     })
 }
 

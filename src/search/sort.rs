@@ -27,6 +27,13 @@ pub struct SortKey {
     kind: KeyKind,
 }
 
+impl SortKey {
+    /// The key reads the `resources` row's own columns (`_lastUpdated`), not only its id.
+    pub fn reads_row(&self) -> bool {
+        self.expression.starts_with("r.") && self.expression != "r.id"
+    }
+}
+
 /// Parses `_sort=date,-code`.
 pub fn parse_sort(resource_type: &str, value: &str) -> FhirResult<Vec<SortKey>> {
     let mut keys = Vec::new();

@@ -5,7 +5,7 @@ use sea_orm::ConnectionTrait;
 
 use super::sql::statement;
 use crate::error::{FhirError, FhirResult};
-use crate::search::criteria::condition;
+use crate::search::criteria::{condition, conjunction};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Match {
@@ -35,13 +35,13 @@ pub async fn find_matches(
         "SELECT r.id, r.version_id FROM resources r WHERE r.resource_type = ? AND r.deleted = ?",
     );
     let mut values: Vec<sea_orm::Value> = vec![resource_type.into(), false.into()];
+    let mut conditions = Vec::new();
     for (name, value) in &params {
-        if let Some(condition) = condition(resource_type, name, value)? {
-            sql.push_str(" AND ");
-            sql.push_str(&condition.sql);
-            values.extend(condition.values);
-        }
+        conditions.extend(condition(resource_type, name, value)?);
     }
+    let (filter_sql, filter_values) = conjunction(conditions);
+    sql.push_str(&filter_sql);
+    values.extend(filter_values);
     let rows = conn.query_all_raw(statement(backend, &sql, values)).await?;
     rows.iter()
         .map(|row| {

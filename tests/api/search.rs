@@ -771,3 +771,135 @@ async fn observation_combo_parameters_cover_value_and_components() {
     );
     assert!(ids(&search(&app, "Observation?combo-value-quantity:missing=true").await).is_empty());
 }
+
+/// Total of a search, from `_summary=count`.
+async fn count(app: &TestApp, query: &str) -> i64 {
+    let separator = if query.contains('?') { '&' } else { '?' };
+    search(app, &format!("{query}{separator}_summary=count")).await["total"]
+        .as_i64()
+        .unwrap()
+}
+
+/// A search starts from its most selective condition and tests the others per resource;
+/// every kind of condition must give the same answer in either role, and a search driven
+/// by index entries alone must still see deletions and count each resource once.
+#[tokio::test]
+async fn every_kind_of_condition_drives_or_filters_alike() {
+    let app = spawn_app().await;
+    let peter = app.create(&patient("P1")).await;
+    let mut anna = patient("P2");
+    anna["name"] = json!([{"family": "Østergård", "given": ["Anna"]}]);
+    let anna = app.create(&anna).await;
+    let device = app
+        .create(&json!({"resourceType": "Device", "identifier": [{"value": "D1"}]}))
+        .await;
+    let id = |r: &Value| r["id"].as_str().unwrap().to_string();
+    let (peter_ref, anna_ref) = (
+        format!("Patient/{}", id(&peter)),
+        format!("Patient/{}", id(&anna)),
+    );
+    let device_ref = format!("Device/{}", id(&device));
+
+    let mut o1 = heart_rate(&peter_ref, 72);
+    o1["device"] = json!({"reference": device_ref});
+    // The same code in a second system: two index rows match code=8867-4.
+    o1["code"]["coding"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"system": "urn:oid:1.2.3", "code": "8867-4"}));
+    let o1 = app.create(&o1).await;
+    let mut o2 = heart_rate(&peter_ref, 110);
+    o2["effectiveDateTime"] = json!("2024-03-02T10:00:00Z");
+    let o2 = app.create(&o2).await;
+    let o3 = app
+        .create(&json!({
+            "resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+            "subject": {"reference": peter_ref},
+            "effectiveDateTime": "2024-03-01T11:00:00Z",
+            "component": [{
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+                "valueQuantity": {"value": 120, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}
+            }]
+        }))
+        .await;
+    let mut o4 = heart_rate(&anna_ref, 80);
+    o4["device"] = json!({"reference": device_ref});
+    let o4 = app.create(&o4).await;
+    let (o1, o2, o3, o4) = (id(&o1), id(&o2), id(&o3), id(&o4));
+    let peter_q = format!("patient={peter_ref}");
+    let peter_id = id(&peter);
+
+    let cases: Vec<(String, Vec<&String>)> = vec![
+        // Token, date, quantity, composite as the probe of a reference.
+        (format!("Observation?{peter_q}&code=8867-4"), vec![&o1, &o2]),
+        (format!("Observation?code=8867-4&{peter_q}"), vec![&o1, &o2]),
+        (format!("Observation?{peter_q}&date=ge2024-03-02"), vec![&o2]),
+        (format!("Observation?{peter_q}&value-quantity=gt100"), vec![&o2]),
+        (
+            format!("Observation?{peter_q}&component-code-value-quantity=http://loinc.org|8480-6$gt100"),
+            vec![&o3],
+        ),
+        (
+            format!("Observation?patient={anna_ref}&component-code-value-quantity=http://loinc.org|8480-6$gt100"),
+            vec![],
+        ),
+        // Chains and _has as probes, and as drivers.
+        (
+            format!("Observation?device={device_ref}&subject:Patient.name=anna"),
+            vec![&o4],
+        ),
+        ("Observation?subject:Patient.name=anna".to_string(), vec![&o4]),
+        (
+            "Patient?identifier=P1&_has:Observation:patient:code=8867-4".to_string(),
+            vec![&peter_id],
+        ),
+        (
+            "Patient?identifier=P2&_has:Observation:patient:value-quantity=gt100".to_string(),
+            vec![],
+        ),
+        (
+            "Patient?_has:Observation:patient:value-quantity=gt100".to_string(),
+            vec![&peter_id],
+        ),
+        // Negations and :missing filter; alone, nothing drives.
+        (format!("Observation?{peter_q}&device:missing=true"), vec![&o2, &o3]),
+        (format!("Observation?{peter_q}&device:missing=false"), vec![&o1]),
+        (format!("Observation?{peter_q}&code:not=8867-4"), vec![&o3]),
+        ("Observation?code:not=8867-4".to_string(), vec![&o3]),
+        ("Patient?name:contains=halm&gender=male".to_string(), vec![&peter_id]),
+        // _id drives; _lastUpdated reads the resource row.
+        (format!("Observation?_id={o1},{o4}&{peter_q}"), vec![&o1]),
+        (
+            "Observation?code=8867-4&_lastUpdated=ge2000-01-01".to_string(),
+            vec![&o1, &o2, &o4],
+        ),
+        // A compartment is a condition like the others.
+        (format!("{peter_ref}/Observation?code=8867-4"), vec![&o1, &o2]),
+        (format!("{peter_ref}/Observation"), vec![&o1, &o2, &o3]),
+    ];
+    for (query, expected) in &cases {
+        let mut expected: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+        expected.sort();
+        assert_eq!(ids(&search(&app, query).await), expected, "{query}");
+        assert_eq!(count(&app, query).await, expected.len() as i64, "{query}");
+    }
+    // Sorted by a column of the resource row, driven by a reference.
+    assert_eq!(
+        ordered_ids(&search(&app, &format!("Observation?{peter_q}&_sort=-_lastUpdated")).await),
+        vec![o3.clone(), o2.clone(), o1.clone()]
+    );
+
+    // Deleted resources leave the index: gone from searches driven by it alone.
+    assert_eq!(app.delete(&format!("Observation/{o2}")).await.status(), 204);
+    assert_eq!(
+        ids(&search(&app, &format!("Observation?{peter_q}")).await),
+        {
+            let mut v = vec![o1.clone(), o3.clone()];
+            v.sort();
+            v
+        }
+    );
+    assert_eq!(count(&app, "Observation?code=8867-4").await, 2);
+    assert_eq!(count(&app, &format!("{peter_ref}/Observation")).await, 2);
+}
