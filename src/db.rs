@@ -70,9 +70,19 @@ pub async fn connect_pool(url: &str, max_connections: u32) -> Result<DatabaseCon
             .max_connections(max_connections)
             .min_connections(1)
             .map_sqlx_postgres_pool_opts(|pool| {
-                pool.after_connect(|_, _| {
-                    Box::pin(async {
+                pool.after_connect(|connection, _| {
+                    Box::pin(async move {
                         disable_nagle_on_tcp_sockets();
+                        // Statements are prepared and reused; after five runs PostgreSQL
+                        // may switch to one generic plan for all bind values. A search's
+                        // best plan depends on its values (one patient's few hundred rows,
+                        // or a code on a fifth of the table), so each run is planned for
+                        // its own.
+                        sea_orm::sqlx::Executor::execute(
+                            &mut *connection,
+                            "SET plan_cache_mode = force_custom_plan",
+                        )
+                        .await?;
                         Ok(())
                     })
                 })

@@ -10,6 +10,7 @@ mod m20261124_000002_search_index;
 mod m20261124_000003_search_composite;
 mod m20261124_000004_sort_indexes;
 mod m20261124_000005_covering_indexes;
+mod m20261124_000006_postgres_byte_order;
 
 pub struct Migrator;
 
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000003_search_composite::Migration),
             Box::new(m20261124_000004_sort_indexes::Migration),
             Box::new(m20261124_000005_covering_indexes::Migration),
+            Box::new(m20261124_000006_postgres_byte_order::Migration),
         ]
     }
 }

@@ -6,7 +6,9 @@
 //! - the value indexes end with `resource_id`: the starting condition yields ids straight
 //!   from the index, a count of one condition is answered from it, and a per-resource
 //!   test that names every value column (a reference's type and id) is a single seek;
-//! - the per-resource token index carries `system` as well as `code`;
+//! - the per-resource indexes start `(resource_type, resource_id, param…)`, so a
+//!   per-resource test never scans a parameter's entries of every resource; the token one
+//!   carries `system` as well as `code`, the reference one the target;
 //! - `resources_current` holds what a search asks of a resource besides its content
 //!   (deleted, last updated), so that the wide rows with the content are read for the
 //!   page alone.
@@ -34,6 +36,8 @@ CREATE INDEX IF NOT EXISTS search_reference_match ON search_reference (resource_
 DROP INDEX IF EXISTS search_reference_value;
 CREATE INDEX IF NOT EXISTS search_reference_url_match ON search_reference (resource_type, param, url, resource_id);
 DROP INDEX IF EXISTS search_reference_url;
+CREATE INDEX IF NOT EXISTS search_reference_probe ON search_reference (resource_type, resource_id, param, target_type, target_id);
+DROP INDEX IF EXISTS search_reference_resource;
 CREATE INDEX IF NOT EXISTS search_number_match ON search_number (resource_type, param, value, resource_id);
 DROP INDEX IF EXISTS search_number_value;
 CREATE INDEX IF NOT EXISTS search_quantity_match ON search_quantity (resource_type, param, code, value, resource_id);

@@ -25,7 +25,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
-use sea_orm::{ConnectionTrait, DbBackend, QueryResult, Value};
+use sea_orm::{ConnectionTrait, Value};
 use serde_json::{json, Map, Value as Json};
 
 use super::extract::{check_json_content_type, parse_json, BaseUrl, Prefer};
@@ -34,8 +34,11 @@ use super::summary::{FormatParams, Summary};
 use super::AppState;
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::outcome::{operation_outcome, Issue, IssueCode};
-use crate::search::criteria::{condition, conjunction, is_known, split_unescaped, split_values};
+use crate::search::criteria::{
+    condition, conjunction, is_known, rows_of_type, split_unescaped, split_values,
+};
 use crate::search::extract::parse_date_range;
+use crate::search::include::fetch_current;
 use crate::search::observation_stats::{self, Outcome, Point, Sample, Statistic};
 use crate::store::sql::statement;
 use crate::store::time::{instant, now_micros};
@@ -361,17 +364,6 @@ struct CodeGroupKey {
     text: Option<String>,
 }
 
-impl CodeGroupKey {
-    fn from_row(row: &QueryResult, prefix: &str) -> FhirResult<CodeGroupKey> {
-        Ok(CodeGroupKey {
-            subject: row.try_get("", "subject_key")?,
-            system: row.try_get("", &format!("{prefix}system"))?,
-            code: row.try_get("", &format!("{prefix}code"))?,
-            text: row.try_get("", &format!("{prefix}text"))?,
-        })
-    }
-}
-
 /// Union-find over partition keys.
 #[derive(Default)]
 struct Groups {
@@ -403,6 +395,123 @@ impl Groups {
             self.parent[a.max(b)] = a.min(b);
         }
     }
+}
+
+/// One coding of one matching Observation: the partition it falls in and its time.
+struct Keyed {
+    id: String,
+    eff: Option<i64>,
+    key: CodeGroupKey,
+}
+
+/// Newest first; Observations without an effective time last.
+fn newest_first(a: Option<i64>, b: Option<i64>) -> std::cmp::Ordering {
+    b.is_some().cmp(&a.is_some()).then(b.cmp(&a))
+}
+
+/// Observations a `$lastn` request may weigh (every match of its filters is read from the
+/// index, without content).
+const MAX_LASTN_MATCHES: usize = 1_000_000;
+
+/// The codings of every Observation matching `conditions`, ordered by Observation, with
+/// its effective time and subject, read from the index alone. A code given only as text
+/// (no coding) is keyed by that text.
+async fn keyed_matches(
+    conn: &impl ConnectionTrait,
+    conditions: Vec<crate::search::criteria::Condition>,
+) -> FhirResult<Vec<Keyed>> {
+    let backend = conn.get_database_backend();
+    let (from_where, where_values) = rows_of_type(
+        (
+            "r.resource_type = ? AND r.deleted = ?",
+            vec![OBSERVATION.into(), false.into()],
+        ),
+        conditions,
+        false,
+    );
+    // The matches stay the outer loop (a LEFT JOIN keeps SQLite from starting at the
+    // codings of every Observation); time and subject are per-row index lookups.
+    let sql = format!(
+        "SELECT m.id AS id, m.eff AS eff, m.subject_key AS subject_key, \
+           t.system AS code_system, t.code AS code_code \
+         FROM (SELECT r.id AS id, \
+             (SELECT MAX(d.high) FROM search_date d WHERE d.resource_type = ? \
+               AND d.resource_id = r.id AND d.param = 'date') AS eff, \
+             (SELECT MIN(COALESCE(s.target_type || '/' || s.target_id, s.url)) \
+               FROM search_reference s WHERE s.resource_type = ? \
+               AND s.resource_id = r.id AND s.param = 'subject') AS subject_key \
+           {from_where}) m \
+         LEFT JOIN search_token t ON t.resource_type = ? AND t.resource_id = m.id \
+           AND t.param = 'code' AND t.code IS NOT NULL \
+         ORDER BY m.id LIMIT ?"
+    );
+    let mut values: Vec<Value> = vec![OBSERVATION.into(), OBSERVATION.into()];
+    values.extend(where_values);
+    values.push(OBSERVATION.into());
+    values.push(((MAX_LASTN_MATCHES + 1) as i64).into());
+    let rows = conn.query_all_raw(statement(backend, &sql, values)).await?;
+    if rows.len() > MAX_LASTN_MATCHES {
+        return Err(FhirError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            IssueCode::TooCostly,
+            format!(
+                "$lastn would weigh more than {MAX_LASTN_MATCHES} Observation codings; narrow it with code, category or date"
+            ),
+        ));
+    }
+    let mut keyed = Vec::with_capacity(rows.len());
+    let mut text_only: Vec<(String, String)> = Vec::new();
+    let mut pending: Vec<(String, Option<i64>, String)> = Vec::new();
+    for row in &rows {
+        let id: String = row.try_get("", "id")?;
+        let eff: Option<i64> = row.try_get("", "eff")?;
+        let Some(subject): Option<String> = row.try_get("", "subject_key")? else {
+            continue;
+        };
+        let code: Option<String> = row.try_get("", "code_code")?;
+        if code.is_none() {
+            text_only.push((OBSERVATION.to_string(), id.clone()));
+            pending.push((id, eff, subject));
+            continue;
+        }
+        keyed.push(Keyed {
+            id,
+            eff,
+            key: CodeGroupKey {
+                subject,
+                system: row.try_get("", "code_system")?,
+                code,
+                text: None,
+            },
+        });
+    }
+    if !text_only.is_empty() {
+        // Rare: the exact text of a text-only code, from the content.
+        let texts: HashMap<String, String> = fetch_current(conn, &text_only)
+            .await?
+            .into_iter()
+            .filter_map(|s| {
+                let text = s.content.as_ref()?["code"]["text"].as_str()?.to_string();
+                Some((s.id, text))
+            })
+            .collect();
+        for (id, eff, subject) in pending {
+            if let Some(text) = texts.get(&id) {
+                keyed.push(Keyed {
+                    id,
+                    eff,
+                    key: CodeGroupKey {
+                        subject,
+                        system: None,
+                        code: None,
+                        text: Some(text.clone()),
+                    },
+                });
+            }
+        }
+        keyed.sort_by(|a, b| a.id.cmp(&b.id));
+    }
+    Ok(keyed)
 }
 
 async fn run_lastn(
@@ -473,63 +582,43 @@ async fn run_lastn(
         ));
     }
     let format = FormatParams::parse(Some(&query_string(&format_pairs)))?;
-    let (filter_sql, filter_values) = conjunction(conditions);
 
     let conn = state.store.connection();
-    let backend = conn.get_database_backend();
-    // The exact text of a text-only code (the index keeps it normalized for `:text`).
-    let code_text = if backend == DbBackend::Postgres {
-        "r.content -> 'code' ->> 'text'"
-    } else {
-        "json_extract(r.content, '$.code.text')"
-    };
-    let matched = format!(
-        "WITH matched AS (\
-           SELECT r.id AS id, (SELECT MAX(d.high) FROM search_date d \
-             WHERE d.resource_type = r.resource_type AND d.resource_id = r.id AND d.param = 'date') AS eff, \
-             {code_text} AS code_text \
-           FROM resources r WHERE r.resource_type = ? AND r.deleted = ?{filter_sql}), \
-         subjects AS (\
-           SELECT m.id AS id, m.eff AS eff, m.code_text AS code_text, \
-             COALESCE(s.target_type || '/' || s.target_id, s.url) AS subject_key \
-           FROM matched m JOIN search_reference s \
-             ON s.resource_type = ? AND s.resource_id = m.id AND s.param = 'subject'), \
-         keyed AS (\
-           SELECT j.id AS id, j.eff AS eff, j.subject_key AS subject_key, \
-             t.system AS code_system, t.code AS code_code, NULL AS code_text \
-           FROM subjects j JOIN search_token t \
-             ON t.resource_type = ? AND t.resource_id = j.id AND t.param = 'code' \
-           WHERE t.code IS NOT NULL \
-           UNION ALL \
-           SELECT j.id, j.eff, j.subject_key, NULL, NULL, j.code_text \
-           FROM subjects j WHERE j.code_text IS NOT NULL AND NOT EXISTS (\
-             SELECT 1 FROM search_token c WHERE c.resource_type = ? \
-             AND c.resource_id = j.id AND c.param = 'code' AND c.code IS NOT NULL))"
-    );
-    let mut base_values: Vec<Value> = vec![OBSERVATION.into(), false.into()];
-    base_values.extend(filter_values);
-    base_values.extend([OBSERVATION.into(), OBSERVATION.into(), OBSERVATION.into()]);
+    let keyed = keyed_matches(conn, conditions).await?;
 
+    // Codings that occur together on one Observation are one code (transitively).
+    let mut groups = Groups::default();
+    for codings in keyed.windows(2) {
+        let [a, b] = codings else { continue };
+        if a.id == b.id && a.key.subject == b.key.subject {
+            let (a, b) = (groups.id(a.key.clone()), groups.id(b.key.clone()));
+            groups.union(a, b);
+        }
+    }
     // The newest `max` of every (subject, coding) partition, ties included.
-    let ranked_sql = format!(
-        "{matched}, ranked AS (\
-           SELECT k.id, k.eff, k.subject_key, k.code_system, k.code_code, k.code_text, \
-             RANK() OVER (PARTITION BY k.subject_key, k.code_system, k.code_code, k.code_text \
-               ORDER BY CASE WHEN k.eff IS NULL THEN 1 ELSE 0 END, k.eff DESC) AS position \
-           FROM keyed k) \
-         SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.content, \
-           q.eff, q.subject_key, q.code_system, q.code_code, q.code_text \
-         FROM ranked q JOIN resources r ON r.resource_type = ? AND r.id = q.id \
-         WHERE q.position <= ? LIMIT ?"
-    );
-    let mut values = base_values.clone();
-    values.push(OBSERVATION.into());
-    values.push((max.min(i64::MAX as u64) as i64).into());
-    values.push(((MAX_LASTN_ROWS + 1) as i64).into());
-    let rows = conn
-        .query_all_raw(statement(backend, &ranked_sql, values))
-        .await?;
-    if rows.len() > MAX_LASTN_ROWS {
+    let mut partitions: HashMap<&CodeGroupKey, Vec<&Keyed>> = HashMap::new();
+    for row in &keyed {
+        partitions.entry(&row.key).or_default().push(row);
+    }
+    let mut chosen: Vec<&Keyed> = Vec::new();
+    for rows in partitions.values_mut() {
+        rows.sort_by(|a, b| newest_first(a.eff, b.eff));
+        for (i, row) in rows.iter().enumerate() {
+            // RANK(): the position of the first row with the same time.
+            let rank = rows[..i].iter().filter(|o| o.eff != row.eff).count() as u64;
+            if rank >= max {
+                break;
+            }
+            chosen.push(row);
+        }
+    }
+    let mut wanted: Vec<(String, String)> = chosen
+        .iter()
+        .map(|row| (OBSERVATION.to_string(), row.id.clone()))
+        .collect();
+    wanted.sort();
+    wanted.dedup();
+    if wanted.len() > MAX_LASTN_ROWS {
         return Err(FhirError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             IssueCode::TooCostly,
@@ -538,25 +627,11 @@ async fn run_lastn(
             ),
         ));
     }
-
-    // Codings that occur together on one Observation are one code (transitively).
-    let edges_sql = format!(
-        "{matched} SELECT DISTINCT a.subject_key, \
-           a.code_system AS a_system, a.code_code AS a_code, a.code_text AS a_text, \
-           b.code_system AS b_system, b.code_code AS b_code, b.code_text AS b_text \
-         FROM keyed a JOIN keyed b ON b.id = a.id AND b.subject_key = a.subject_key \
-         WHERE a.code_code IS NOT NULL AND b.code_code IS NOT NULL \
-           AND (COALESCE(a.code_system, '') <> COALESCE(b.code_system, '') OR a.code_code <> b.code_code)"
-    );
-    let edges = conn
-        .query_all_raw(statement(backend, &edges_sql, base_values))
-        .await?;
-    let mut groups = Groups::default();
-    for edge in &edges {
-        let a = groups.id(CodeGroupKey::from_row(edge, "a_")?);
-        let b = groups.id(CodeGroupKey::from_row(edge, "b_")?);
-        groups.union(a, b);
-    }
+    let mut stored: HashMap<String, StoredResource> = fetch_current(conn, &wanted)
+        .await?
+        .into_iter()
+        .map(|s| (s.id.clone(), s))
+        .collect();
 
     struct Candidate {
         eff: Option<i64>,
@@ -565,22 +640,25 @@ async fn run_lastn(
     let mut candidates: HashMap<String, Candidate> = HashMap::new();
     // Group root → (smallest key, ids).
     let mut members: HashMap<usize, (CodeGroupKey, BTreeSet<String>)> = HashMap::new();
-    for row in &rows {
-        let key = CodeGroupKey::from_row(row, "code_")?;
-        let stored = stored_from_row(backend, row)?;
-        let eff: Option<i64> = row.try_get("", "eff")?;
-        let id = groups.id(key.clone());
+    for row in chosen {
+        let id = groups.id(row.key.clone());
         let root = groups.find(id);
         let entry = members
             .entry(root)
-            .or_insert_with(|| (key.clone(), BTreeSet::new()));
-        if key < entry.0 {
-            entry.0 = key;
+            .or_insert_with(|| (row.key.clone(), BTreeSet::new()));
+        if row.key < entry.0 {
+            entry.0 = row.key.clone();
         }
-        entry.1.insert(stored.id.clone());
-        candidates
-            .entry(stored.id.clone())
-            .or_insert(Candidate { eff, stored });
+        entry.1.insert(row.id.clone());
+        if let Some(found) = stored.remove(&row.id) {
+            candidates.insert(
+                row.id.clone(),
+                Candidate {
+                    eff: row.eff,
+                    stored: found,
+                },
+            );
+        }
     }
     let mut ordered: Vec<(CodeGroupKey, BTreeSet<String>)> = members.into_values().collect();
     ordered.sort();
