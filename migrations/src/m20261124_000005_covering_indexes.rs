@@ -36,7 +36,7 @@ CREATE INDEX IF NOT EXISTS search_reference_match ON search_reference (resource_
 DROP INDEX IF EXISTS search_reference_value;
 CREATE INDEX IF NOT EXISTS search_reference_url_match ON search_reference (resource_type, param, url, resource_id);
 DROP INDEX IF EXISTS search_reference_url;
-CREATE INDEX IF NOT EXISTS search_reference_probe ON search_reference (resource_type, resource_id, param, target_type, target_id);
+CREATE INDEX IF NOT EXISTS search_reference_probe ON search_reference (resource_type, resource_id, param, target_type, target_id, url);
 DROP INDEX IF EXISTS search_reference_resource;
 CREATE INDEX IF NOT EXISTS search_number_match ON search_number (resource_type, param, value, resource_id);
 DROP INDEX IF EXISTS search_number_value;

@@ -409,6 +409,23 @@ fn newest_first(a: Option<i64>, b: Option<i64>) -> std::cmp::Ordering {
     b.is_some().cmp(&a.is_some()).then(b.cmp(&a))
 }
 
+/// The one subject a `patient` or `subject` parameter names, if it names exactly one:
+/// one value, of a known type (`patient` refers to Patients only).
+fn one_subject(name: &str, value: &str) -> Option<String> {
+    if name.contains('.') {
+        return None; // chained: the subjects whose elements match
+    }
+    let (code, modifier) = match name.split_once(':') {
+        Some((code, modifier)) => (code, Some(modifier)),
+        None => (name, None),
+    };
+    let typed = match modifier {
+        None => code == "patient" || value.contains('/'),
+        Some(target) => crate::fhir::definitions::Definitions::get().is_resource_type(target),
+    };
+    (typed && split_values(value).len() == 1).then(|| value.to_string())
+}
+
 /// Observations a `$lastn` request may weigh (every match of its filters is read from the
 /// index, without content).
 const MAX_LASTN_MATCHES: usize = 1_000_000;
@@ -419,6 +436,7 @@ const MAX_LASTN_MATCHES: usize = 1_000_000;
 async fn keyed_matches(
     conn: &impl ConnectionTrait,
     conditions: Vec<crate::search::criteria::Condition>,
+    single_subject: Option<String>,
 ) -> FhirResult<Vec<Keyed>> {
     let backend = conn.get_database_backend();
     let (from_where, where_values) = rows_of_type(
@@ -430,22 +448,33 @@ async fn keyed_matches(
         false,
     );
     // The matches stay the outer loop (a LEFT JOIN keeps SQLite from starting at the
-    // codings of every Observation); time and subject are per-row index lookups.
+    // codings of every Observation); time and subject are per-row index lookups, the
+    // subject only when the request does not name it.
+    let mut values: Vec<Value> = vec![OBSERVATION.into()];
+    let subject_sql = match single_subject {
+        Some(subject) => {
+            values.push(subject.into());
+            "CAST(? AS TEXT)"
+        }
+        None => {
+            values.push(OBSERVATION.into());
+            "(SELECT MIN(COALESCE(s.target_type || '/' || s.target_id, s.url)) \
+               FROM search_reference s WHERE s.resource_type = ? \
+               AND s.resource_id = r.id AND s.param = 'subject')"
+        }
+    };
     let sql = format!(
         "SELECT m.id AS id, m.eff AS eff, m.subject_key AS subject_key, \
            t.system AS code_system, t.code AS code_code \
          FROM (SELECT r.id AS id, \
              (SELECT MAX(d.high) FROM search_date d WHERE d.resource_type = ? \
                AND d.resource_id = r.id AND d.param = 'date') AS eff, \
-             (SELECT MIN(COALESCE(s.target_type || '/' || s.target_id, s.url)) \
-               FROM search_reference s WHERE s.resource_type = ? \
-               AND s.resource_id = r.id AND s.param = 'subject') AS subject_key \
+             {subject_sql} AS subject_key \
            {from_where}) m \
          LEFT JOIN search_token t ON t.resource_type = ? AND t.resource_id = m.id \
            AND t.param = 'code' AND t.code IS NOT NULL \
          ORDER BY m.id LIMIT ?"
     );
-    let mut values: Vec<Value> = vec![OBSERVATION.into(), OBSERVATION.into()];
     values.extend(where_values);
     values.push(OBSERVATION.into());
     values.push(((MAX_LASTN_MATCHES + 1) as i64).into());
@@ -527,6 +556,8 @@ async fn run_lastn(
     let mut ignored: Vec<String> = Vec::new();
     let mut conditions = Vec::new();
     let mut has_subject = false;
+    // Every match has this subject (a parameter names exactly one).
+    let mut single_subject: Option<String> = None;
     let mut has_code = false;
     for OpParam { name, text, .. } in params {
         let base_code = base_name(&name);
@@ -561,7 +592,10 @@ async fn run_lastn(
             }
             _ => {
                 conditions.extend(condition(OBSERVATION, &name, &text)?);
-                has_subject |= matches!(base_code, "patient" | "subject");
+                if matches!(base_code, "patient" | "subject") {
+                    has_subject = true;
+                    single_subject = single_subject.or_else(|| one_subject(&name, &text));
+                }
                 has_code |= CODE_PARAMETERS.contains(&base_code);
             }
         }
@@ -584,7 +618,7 @@ async fn run_lastn(
     let format = FormatParams::parse(Some(&query_string(&format_pairs)))?;
 
     let conn = state.store.connection();
-    let keyed = keyed_matches(conn, conditions).await?;
+    let keyed = keyed_matches(conn, conditions, single_subject).await?;
 
     // Codings that occur together on one Observation are one code (transitively).
     let mut groups = Groups::default();
