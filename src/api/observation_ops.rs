@@ -433,12 +433,12 @@ const MAX_LASTN_MATCHES: usize = 1_000_000;
 /// The codings of every Observation matching `conditions`, ordered by Observation, with
 /// its effective time and subject, read from the index alone. A code given only as text
 /// (no coding) is keyed by that text.
-async fn keyed_matches(
-    conn: &impl ConnectionTrait,
+/// The query of [`keyed_matches`]: one row per coding of each matching Observation,
+/// `id, eff, subject_key, code_system, code_code`.
+pub(crate) fn keyed_query(
     conditions: Vec<crate::search::criteria::Condition>,
     single_subject: Option<String>,
-) -> FhirResult<Vec<Keyed>> {
-    let backend = conn.get_database_backend();
+) -> (String, Vec<Value>) {
     let (from_where, where_values) = rows_of_type(
         (
             "r.resource_type = ? AND r.deleted = ?",
@@ -478,6 +478,16 @@ async fn keyed_matches(
     values.extend(where_values);
     values.push(OBSERVATION.into());
     values.push(((MAX_LASTN_MATCHES + 1) as i64).into());
+    (sql, values)
+}
+
+async fn keyed_matches(
+    conn: &impl ConnectionTrait,
+    conditions: Vec<crate::search::criteria::Condition>,
+    single_subject: Option<String>,
+) -> FhirResult<Vec<Keyed>> {
+    let backend = conn.get_database_backend();
+    let (sql, values) = keyed_query(conditions, single_subject);
     let rows = conn.query_all_raw(statement(backend, &sql, values)).await?;
     if rows.len() > MAX_LASTN_MATCHES {
         return Err(FhirError::new(

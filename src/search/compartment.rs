@@ -138,12 +138,13 @@ impl Compartments {
         }
         // Members found by reference alone come straight from the reference index.
         let source = (resource_type != compartment_type).then(|| {
-            distinct_rows(&format!(
+            let select = distinct_rows(&format!(
                 "SELECT c.resource_type, c.resource_id AS id FROM search_reference c \
                  WHERE c.resource_type = ? AND c.param IN ({}) AND c.target_type = ? \
                  AND c.target_id = ?",
                 vec!["?"; params.len()].join(", ")
-            ))
+            ));
+            (select, values.clone())
         });
         Ok(Condition {
             sql: format!("({})", alternatives.join(" OR ")),

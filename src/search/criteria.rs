@@ -2,6 +2,12 @@
 //! the `resources` row aliased `r`, usually `r.id IN (…)` over an index table. Values
 //! separated by commas are alternatives (OR); repeated parameters must all hold (AND).
 //!
+//! A condition comes in two forms ([`Condition`]): standalone, to start a query from its
+//! index entries, and as a probe of one resource's own entries. A search starts from its
+//! most selective condition and probes the others per row ([`conjunction`],
+//! [`rows_of_type`]), so its cost follows the smallest set it names (one patient's
+//! Observations), not the largest (every heart rate).
+//!
 //! Used by conditional interactions and by the search API. Matching follows the R4 search
 //! specification: a date or decimal search value stands for the range its precision
 //! implies; prefixes compare ranges (see [`date_match`], [`number_match`]); composite
@@ -37,10 +43,10 @@ pub struct Condition {
     /// How few resources the condition is expected to select.
     pub selectivity: Selectivity,
     /// The matching resources straight from one index table, as `SELECT resource_type,
-    /// resource_id AS id FROM …` without duplicates, with the same bind values: index rows
+    /// resource_id AS id FROM …` without duplicates, with its own bind values: index rows
     /// exist only for current, undeleted resources, so a search driven by this condition
     /// need not read `resources` at all.
-    pub source: Option<String>,
+    pub source: Option<(String, Vec<Value>)>,
     /// The condition reads the row's own columns besides `id` (`last_updated`).
     pub reads_row: bool,
 }
@@ -164,8 +170,7 @@ pub fn rows_of_type(
     let (driver, probes) = split_driver(conditions);
     match driver {
         Some(Condition {
-            source: Some(source),
-            values: source_values,
+            source: Some((source, source_values)),
             ..
         }) if !row_needed => {
             let (probe_sql, probe_values) = probes_of(probes);
@@ -920,7 +925,12 @@ fn composite_condition(
     })
 }
 
-/// `owner.id IN (SELECT resource_id FROM table WHERE param = ? AND (p1 OR p2…))`.
+/// The number of `?` placeholders in an SQL fragment built here (values are always bound,
+/// never written into the SQL, so no `?` appears inside a quoted string).
+fn placeholders(sql: &str) -> usize {
+    sql.matches('?').count()
+}
+
 /// `select` (of `resource_type, id`) without duplicate rows, for [`Condition::source`].
 ///
 /// A UNION, not DISTINCT: SQLite plans a DISTINCT query to read an index already in the
@@ -931,6 +941,7 @@ pub fn distinct_rows(select: &str) -> String {
     format!("{select} UNION SELECT NULL, NULL WHERE 1 = 0")
 }
 
+/// `owner.id IN (SELECT resource_id FROM table WHERE param = ? AND (p1 OR p2…))`.
 /// As the probe, `EXISTS (… WHERE resource_type = ? AND param = ? AND resource_id =
 /// owner.id AND (p1 OR p2…))`, a seek in the per-resource index of `table`.
 #[allow(clippy::too_many_arguments)]
@@ -952,17 +963,41 @@ fn exists(
     let mut values: Vec<Value> = vec![resource_type.into(), param.into()];
     values.extend(part_values);
     let not = if negate { "NOT " } else { "" };
-    let matching = format!(
-        "FROM {table} {alias} WHERE {alias}.resource_type = ? AND {alias}.param = ? \
-         AND ({alternatives})"
-    );
+    let matching = |alternatives: &str| {
+        format!(
+            "FROM {table} {alias} WHERE {alias}.resource_type = ? AND {alias}.param = ? \
+             AND ({alternatives})"
+        )
+    };
+    // The source seeks each alternative apart: a UNION of one SELECT per alternative (an OR
+    // of several would make SQLite read every entry of the parameter).
+    let source = (!negate).then(|| {
+        let mut selects = Vec::with_capacity(parts.len());
+        let mut source_values = Vec::with_capacity(values.len());
+        let mut rest = &values[2..];
+        for part in &parts {
+            let (own, after) = rest.split_at(placeholders(part).min(rest.len()));
+            rest = after;
+            selects.push(format!(
+                "SELECT {alias}.resource_type, {alias}.resource_id AS id {}",
+                matching(part)
+            ));
+            source_values.extend(values[..2].iter().cloned());
+            source_values.extend(own.iter().cloned());
+        }
+        debug_assert!(rest.is_empty(), "placeholders and values disagree");
+        let select = match selects.len() {
+            1 => distinct_rows(&selects[0]),
+            _ => selects.join(" UNION "),
+        };
+        (select, source_values)
+    });
     Condition {
-        sql: format!("{owner}.id {not}IN (SELECT {alias}.resource_id {matching})"),
-        source: (!negate).then(|| {
-            distinct_rows(&format!(
-                "SELECT {alias}.resource_type, {alias}.resource_id AS id {matching}"
-            ))
-        }),
+        sql: format!(
+            "{owner}.id {not}IN (SELECT {alias}.resource_id {})",
+            matching(&alternatives)
+        ),
+        source,
         reads_row: false,
         values,
         probe: Some(format!(
@@ -1596,6 +1631,57 @@ fn escape_like(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn observation(name: &str, value: &str) -> Condition {
+        condition("Observation", name, value).unwrap().unwrap()
+    }
+
+    #[test]
+    fn the_most_selective_condition_drives_and_the_others_probe() {
+        let code = observation("code", "http://loinc.org|8867-4");
+        let patient = observation("patient", "Patient/1");
+        let date = observation("date", "ge2024-03-01");
+        assert!(patient.selectivity > code.selectivity);
+        assert!(code.selectivity > date.selectivity);
+        let (sql, values) = conjunction(vec![code.clone(), date, patient.clone()]);
+        // The patient's entries start the query; code and date are looked up per row.
+        assert!(sql.starts_with(&format!(" AND {}", patient.sql)), "{sql}");
+        assert!(sql.contains(code.probe.as_deref().unwrap()), "{sql}");
+        assert!(!sql.contains(&code.sql), "{sql}");
+        assert_eq!(values.first(), patient.values.first());
+        // Nothing selective: every condition is a probe.
+        let negated = observation("code:not", "8867-4");
+        let (sql, _) = conjunction(vec![negated.clone()]);
+        assert_eq!(sql, format!(" AND {}", negated.probe.unwrap()));
+    }
+
+    #[test]
+    fn a_search_driven_by_the_index_alone_reads_no_resource_rows() {
+        let scope = ("r.resource_type = ?", vec!["Observation".into()]);
+        let (sql, _) = rows_of_type(
+            scope.clone(),
+            vec![
+                observation("patient", "Patient/1"),
+                observation("code", "8867-4"),
+            ],
+            false,
+        );
+        assert!(sql.starts_with("FROM (SELECT f.resource_type"), "{sql}");
+        assert!(!sql.contains("FROM resources"), "{sql}");
+        // _lastUpdated lives on the resource row.
+        let (sql, _) = rows_of_type(
+            scope,
+            vec![
+                observation("patient", "Patient/1"),
+                observation("_lastUpdated", "ge2024"),
+            ],
+            false,
+        );
+        assert!(
+            sql.starts_with("FROM resources r WHERE r.resource_type = ?"),
+            "{sql}"
+        );
+    }
 
     #[test]
     fn splits_with_escapes() {

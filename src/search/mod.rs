@@ -7,3 +7,6 @@ pub mod include;
 pub mod observation_stats;
 pub mod params;
 pub mod sort;
+
+#[cfg(test)]
+mod plan_tests;
