@@ -430,9 +430,6 @@ fn one_subject(name: &str, value: &str) -> Option<String> {
 /// index, without content).
 const MAX_LASTN_MATCHES: usize = 1_000_000;
 
-/// The codings of every Observation matching `conditions`, ordered by Observation, with
-/// its effective time and subject, read from the index alone. A code given only as text
-/// (no coding) is keyed by that text.
 /// The query of [`keyed_matches`]: one row per coding of each matching Observation,
 /// `id, eff, subject_key, code_system, code_code`.
 pub(crate) fn keyed_query(
@@ -481,6 +478,9 @@ pub(crate) fn keyed_query(
     (sql, values)
 }
 
+/// The codings of every Observation matching `conditions`, ordered by Observation, with
+/// its effective time and subject, read from the index alone. A code given only as text
+/// (no coding) is keyed by that text.
 async fn keyed_matches(
     conn: &impl ConnectionTrait,
     conditions: Vec<crate::search::criteria::Condition>,
