@@ -403,6 +403,7 @@ async fn search(
     };
     let mut entries = Vec::new();
     let mut next_cursor = None;
+    let mut previous_cursor = None;
     let mut match_count = 0;
     let mut warnings: Vec<Issue> = Vec::new();
     if format.summary != Summary::Count && count > 0 {
@@ -414,13 +415,26 @@ async fn search(
             count + 1,
         );
         let rows = conn.query_all_raw(statement(backend, &sql, values)).await?;
+        let more = rows.len() as u64 > count;
+        let mut page: Vec<_> = rows.iter().take(count as usize).collect();
+        let backward = cursor.as_ref().is_some_and(|c| c.backward);
+        if backward {
+            // Read from the end of the previous rows: back into page order.
+            page.reverse();
+        }
         let mut keys: Vec<(String, String)> = Vec::new();
-        for row in rows.iter().take(count as usize) {
+        for row in &page {
             keys.push((row.try_get("", "resource_type")?, row.try_get("", "id")?));
         }
-        if rows.len() as u64 > count {
-            if let Some(last) = rows.get(count as usize - 1) {
+        // Next: more rows after this page (there always are after a page reached going
+        // back). Previous: more rows before it (some were before a page reached going
+        // forward).
+        if let (Some(first), Some(last)) = (page.first(), page.last()) {
+            if more || backward {
                 next_cursor = Some(Cursor::after_row(last, &sort_keys)?.encode());
+            }
+            if (backward && more) || (!backward && cursor.is_some()) {
+                previous_cursor = Some(Cursor::before_row(first, &sort_keys)?.encode());
             }
         }
         // The page query ordered ids only; the bodies of just this page are read now.
@@ -488,6 +502,9 @@ async fn search(
     ];
     if let Some(after) = &next_cursor {
         links.push(json!({"relation": "next", "url": link(Some(after))}));
+    }
+    if let Some(before) = &previous_cursor {
+        links.push(json!({"relation": "previous", "url": link(Some(before))}));
     }
     if !ignored.is_empty() {
         warnings.push(Issue::warning(

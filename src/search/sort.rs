@@ -108,18 +108,34 @@ fn sort_key(resource_type: &str, code: &str, descending: bool) -> FhirResult<Sor
     })
 }
 
-/// The position after the last row of a page: its sort key values, then its id.
+/// A position between rows: after the last row of a page (a `next` link), or before the
+/// first one (`backward`, a `previous` link); the row's sort key values, then its id.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cursor {
     keys: Vec<Json>,
     id: String,
+    pub backward: bool,
 }
 
 impl Cursor {
+    /// Forward cursors are `[keys…, id]`, backward ones `{"before": [keys…, id]}`.
     pub fn encode(&self) -> String {
         let mut items = self.keys.clone();
         items.push(Json::String(self.id.clone()));
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Json::Array(items).to_string())
+        let json = if self.backward {
+            serde_json::json!({ "before": items })
+        } else {
+            Json::Array(items)
+        };
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json.to_string())
+    }
+
+    /// The position before `row`, for a `previous` link.
+    pub fn before_row(row: &QueryResult, keys: &[SortKey]) -> FhirResult<Cursor> {
+        Ok(Cursor {
+            backward: true,
+            ..Cursor::after_row(row, keys)?
+        })
     }
 
     pub fn decode(text: &str, keys: &[SortKey]) -> FhirResult<Cursor> {
@@ -131,8 +147,13 @@ impl Cursor {
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(text)
             .map_err(|_| invalid())?;
-        let Ok(Json::Array(mut items)) = serde_json::from_slice::<Json>(&bytes) else {
-            return Err(invalid());
+        let (mut items, backward) = match serde_json::from_slice::<Json>(&bytes) {
+            Ok(Json::Array(items)) => (items, false),
+            Ok(Json::Object(mut object)) if object.len() == 1 => match object.remove("before") {
+                Some(Json::Array(items)) => (items, true),
+                _ => return Err(invalid()),
+            },
+            _ => return Err(invalid()),
         };
         if items.len() != keys.len() + 1 {
             return Err(invalid());
@@ -151,7 +172,11 @@ impl Cursor {
                 return Err(invalid());
             }
         }
-        Ok(Cursor { keys: items, id })
+        Ok(Cursor {
+            keys: items,
+            id,
+            backward,
+        })
     }
 
     /// The cursor after `row` of a page query.
@@ -176,12 +201,15 @@ impl Cursor {
         Ok(Cursor {
             keys: values,
             id: row.try_get("", "id")?,
+            backward: false,
         })
     }
 }
 
 /// The page query: `from_where` is `FROM resources r WHERE …` with its bind values. It
-/// returns `resource_type`, `id` and the sort keys `s0…` of at most `limit` rows.
+/// returns `resource_type`, `id` and the sort keys `s0…` of at most `limit` rows: the
+/// first ones after a forward cursor, or the last ones before a backward cursor, in
+/// reverse order (the caller turns them around).
 pub fn page_query(
     from_where: &str,
     filter_values: &[Value],
@@ -199,41 +227,59 @@ pub fn page_query(
     }
     values.extend(filter_values.iter().cloned());
     let mut sql = format!("SELECT q.* FROM ({select} {from_where}) q");
+    let backward = cursor.is_some_and(|c| c.backward);
     if let Some(cursor) = cursor {
         sql.push_str(" WHERE ");
-        sql.push_str(&after(keys, cursor, 0, &mut values));
+        sql.push_str(&beyond(keys, cursor, 0, &mut values));
     }
+    // Page order; a backward page reads it from the end.
+    let (asc, desc) = if backward {
+        ("DESC", "ASC")
+    } else {
+        ("ASC", "DESC")
+    };
     let mut order: Vec<String> = Vec::new();
     for (i, key) in keys.iter().enumerate() {
         // Missing values last whatever the direction, the same on both databases.
-        order.push(format!("(q.s{i} IS NULL)"));
+        order.push(format!("(q.s{i} IS NULL) {asc}"));
         order.push(format!(
             "q.s{i} {}",
-            if key.descending { "DESC" } else { "ASC" }
+            if key.descending { desc } else { asc }
         ));
     }
-    order.push("q.id ASC".into());
+    order.push(format!("q.id {asc}"));
     sql.push_str(&format!(" ORDER BY {} LIMIT ?", order.join(", ")));
     values.push((limit as i64).into());
     (sql, values)
 }
 
-/// Rows strictly after the cursor in the page order, from sort key `i` on.
-fn after(keys: &[SortKey], cursor: &Cursor, i: usize, values: &mut Vec<Value>) -> String {
+/// Rows strictly after a forward cursor, or strictly before a backward one, in the page
+/// order, from sort key `i` on.
+fn beyond(keys: &[SortKey], cursor: &Cursor, i: usize, values: &mut Vec<Value>) -> String {
+    let (later, earlier) = if cursor.backward {
+        ("<", ">")
+    } else {
+        (">", "<")
+    };
     if i == keys.len() {
         values.push(cursor.id.as_str().into());
-        return "q.id > ?".into();
+        return format!("q.id {later} ?");
     }
     let column = format!("q.s{i}");
     let key = &keys[i];
     match &cursor.keys[i] {
-        // In the group of missing values, which comes last: only the rest can differ.
+        // In the group of missing values, which comes last: only the rest can differ,
+        // or, going backward, any row with a value comes before.
         Json::Null => {
-            let rest = after(keys, cursor, i + 1, values);
-            format!("({column} IS NULL AND {rest})")
+            let rest = beyond(keys, cursor, i + 1, values);
+            if cursor.backward {
+                format!("({column} IS NOT NULL OR ({column} IS NULL AND {rest}))")
+            } else {
+                format!("({column} IS NULL AND {rest})")
+            }
         }
         value => {
-            let op = if key.descending { "<" } else { ">" };
+            let op = if key.descending { earlier } else { later };
             let bind = || -> Value {
                 match key.kind {
                     KeyKind::Integer => value.as_i64().into(),
@@ -243,8 +289,14 @@ fn after(keys: &[SortKey], cursor: &Cursor, i: usize, values: &mut Vec<Value>) -
             };
             values.push(bind());
             values.push(bind());
-            let rest = after(keys, cursor, i + 1, values);
-            format!("({column} IS NULL OR {column} {op} ? OR ({column} = ? AND {rest}))")
+            let rest = beyond(keys, cursor, i + 1, values);
+            let compared = format!("{column} {op} ? OR ({column} = ? AND {rest})");
+            if cursor.backward {
+                format!("({compared})")
+            } else {
+                // Missing values come after every value.
+                format!("({column} IS NULL OR {compared})")
+            }
         }
     }
 }
@@ -259,8 +311,15 @@ mod tests {
         let cursor = Cursor {
             keys: vec![Json::from(1_700_000_000_000_000i64), Json::Null],
             id: "abc".into(),
+            backward: false,
         };
         assert_eq!(Cursor::decode(&cursor.encode(), &keys).unwrap(), cursor);
+        let before = Cursor {
+            backward: true,
+            ..cursor.clone()
+        };
+        assert_eq!(Cursor::decode(&before.encode(), &keys).unwrap(), before);
+        assert_ne!(before.encode(), cursor.encode());
         assert!(Cursor::decode("not-base64!", &keys).is_err());
         let other = parse_sort("Observation", "date").unwrap();
         assert!(Cursor::decode(&cursor.encode(), &other).is_err());

@@ -482,12 +482,77 @@ fn ordered_ids(bundle: &Value) -> Vec<String> {
 }
 
 fn next_link(bundle: &Value) -> Option<String> {
+    link_of(bundle, "next")
+}
+
+fn link_of(bundle: &Value, relation: &str) -> Option<String> {
     bundle["link"]
         .as_array()?
         .iter()
-        .find(|l| l["relation"] == "next")
+        .find(|l| l["relation"] == relation)
         .and_then(|l| l["url"].as_str())
         .map(str::to_string)
+}
+
+#[tokio::test]
+async fn previous_links_walk_back_through_the_same_pages() {
+    let app = spawn_app().await;
+    for (value, date) in [
+        (80, Some("2024-03-03T10:00:00Z")),
+        (60, Some("2024-03-05T10:00:00Z")),
+        (90, None),
+        (70, Some("2024-03-04T10:00:00Z")),
+        (75, Some("2024-03-03T10:00:00Z")),
+        (65, None),
+        (85, Some("2024-03-01T10:00:00Z")),
+    ] {
+        let mut observation = heart_rate("Patient/p", value);
+        match date {
+            Some(date) => observation["effectiveDateTime"] = json!(date),
+            None => {
+                observation
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("effectiveDateTime");
+            }
+        }
+        app.create(&observation).await;
+    }
+    // Equal dates, missing dates (last in both directions) and plain id order.
+    for sort in ["-date", "date", "-value-quantity,date", ""] {
+        let first = format!("Observation?patient=Patient/p&_count=2&_sort={sort}");
+        let mut forward: Vec<Vec<String>> = Vec::new();
+        let mut url = Some(first.clone());
+        let mut last = Value::Null;
+        while let Some(next) = url {
+            let page = search(&app, &next).await;
+            assert_eq!(
+                link_of(&page, "previous").is_some(),
+                !forward.is_empty(),
+                "{sort}: only the first page has no previous link"
+            );
+            forward.push(ordered_ids(&page));
+            url = next_link(&page);
+            last = page;
+        }
+        assert_eq!(forward.len(), 4, "{sort}: 7 matches in pages of 2");
+        let everything = ordered_ids(&search(&app, &format!("{first}&_count=10")).await);
+        assert_eq!(forward.concat(), everything, "{sort}");
+
+        let mut backward: Vec<Vec<String>> = vec![ordered_ids(&last)];
+        let mut url = link_of(&last, "previous");
+        while let Some(previous) = url {
+            let page = search(&app, &previous).await;
+            assert!(
+                next_link(&page).is_some(),
+                "{sort}: a page before has a next link"
+            );
+            backward.push(ordered_ids(&page));
+            url = link_of(&page, "previous");
+        }
+        backward.reverse();
+        assert_eq!(backward, forward, "{sort}: the same pages, walking back");
+    }
 }
 
 #[tokio::test]
