@@ -178,6 +178,9 @@ impl ServeConfig {
                  listen on 127.0.0.1 or enable authentication"
             )));
         }
+        // Checked now so that a typo stops the start, not a delivery days later.
+        crate::outbound::OutboundPolicy::parse(&self.outbound_allow)
+            .map_err(ConfigError::Invalid)?;
         if self.auth == AuthMode::Smart {
             return Err(ConfigError::Invalid(
                 "--auth smart is not available in this version yet; use --auth off on a loopback address".into(),

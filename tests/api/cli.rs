@@ -154,6 +154,23 @@ fn auth_off_is_refused_on_a_non_loopback_address() {
 }
 
 #[test]
+fn a_malformed_outbound_allow_list_stops_the_start() {
+    let dir = temp_dir("outbound");
+    let output = fhirgate(&dir)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["--outbound-allow", "127.0.0.1,10.0.0.0/8,not a host!"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--outbound-allow") && stderr.contains("not a host!"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
 fn migrate_is_safe_to_run_twice() {
     let dir = temp_dir("migrate");
     for _ in 0..2 {
