@@ -13,3 +13,4 @@ pub mod outbound;
 pub mod search;
 pub mod server;
 pub mod store;
+pub mod subscriptions;
