@@ -50,6 +50,9 @@ impl ValidResource {
         if resource_type == "SearchParameter" {
             check_search_parameter(&json)?;
         }
+        if resource_type == "Subscription" {
+            crate::subscriptions::request::check(&json)?;
+        }
         let Json::Object(map) = json else {
             unreachable!("checked above")
         };

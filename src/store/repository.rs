@@ -69,7 +69,8 @@ pub async fn create_with_id(
     id: &str,
 ) -> FhirResult<WriteResult> {
     let resource_type = resource.resource_type().to_string();
-    let content = resource.into_json_with_id(id);
+    let mut content = resource.into_json_with_id(id);
+    own_elements(&resource_type, &mut content, None);
     let stored = write_version(
         conn,
         &resource_type,
@@ -108,7 +109,17 @@ pub async fn update(
     }
     let current = current_version(conn, &resource_type, id).await?;
     check_if_match(&resource_type, id, current, if_match)?;
-    let content = resource.into_json_with_id(id);
+    let mut content = resource.into_json_with_id(id);
+    if resource_type == "Subscription" && current.is_some_and(|(_, deleted)| !deleted) {
+        let stored = versions::read_current(conn, &resource_type, id).await?;
+        own_elements(
+            &resource_type,
+            &mut content,
+            stored.as_ref().and_then(|s| s.content.as_ref()),
+        );
+    } else {
+        own_elements(&resource_type, &mut content, None);
+    }
     let stored = write_version(
         conn,
         &resource_type,
@@ -126,6 +137,19 @@ pub async fn update(
     } else {
         WriteResult::ok(stored)
     })
+}
+
+/// Sets the elements the server owns, whatever the client sent: `Subscription.status`
+/// (`stored` is the current version, if any).
+fn own_elements(resource_type: &str, content: &mut Json, stored: Option<&Json>) {
+    if resource_type != "Subscription" {
+        return;
+    }
+    let status = crate::subscriptions::request::server_status(
+        content["status"].as_str(),
+        stored.and_then(|s| s["status"].as_str()),
+    );
+    content["status"] = Json::from(status);
 }
 
 /// `PUT [type]?criteria`: update the one match, create when nothing matches.
@@ -205,13 +229,15 @@ pub async fn patch(
         )
         .at(format!("{resource_type}.id")));
     }
+    let mut content = patched.into_json_with_id(id);
+    own_elements(resource_type, &mut content, current.content.as_ref());
     let stored = write_version(
         conn,
         resource_type,
         id,
         Some(current.version_id),
         Method::Patch,
-        Some(patched.into_json_with_id(id)),
+        Some(content),
         now_micros(),
     )
     .await?;

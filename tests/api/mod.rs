@@ -12,4 +12,5 @@ mod observation_ops;
 mod openapi;
 mod search;
 mod search_params;
+mod subscriptions;
 mod validation;
