@@ -1,7 +1,8 @@
 //! `_sort` and keyset paging. Results are ordered by the sort keys, missing values last,
 //! then by id; the `next` link carries the last row's keys (an opaque cursor), and the
-//! next page continues strictly after them. Unlike OFFSET paging, writes between pages
-//! never shift rows onto or off a page.
+//! next page continues strictly after them; the `previous` link carries the first row's
+//! keys, and that page ends strictly before them. Unlike OFFSET paging, writes between
+//! pages never shift rows onto or off a page.
 
 use base64::Engine;
 use sea_orm::{QueryResult, Value};
