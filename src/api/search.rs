@@ -18,7 +18,8 @@ use crate::error::{FhirError, FhirResult};
 use crate::fhir::outcome::{operation_outcome, Issue, IssueCode};
 use crate::search::compartment::Compartments;
 use crate::search::criteria::{
-    condition, conjunction, is_known, rows_of_type, Condition, Selectivity, RESULT_PARAMETERS,
+    condition, conjunction, is_known, rank_by_entries, rows_of_type, Condition, Selectivity,
+    RESULT_PARAMETERS,
 };
 use crate::search::include::{
     fetch_current, resolve as resolve_includes, IncludeSpec, MAX_INCLUDED,
@@ -373,6 +374,7 @@ async fn search(
     let want_total = total_wanted || format.summary == Summary::Count;
     let (scope_sql, scope_values, member) = scope.condition()?;
     conditions.extend(member);
+    rank_by_entries(conn, &mut conditions).await?;
     let (from_where, where_values) = match scope {
         Scope::System(_) => {
             let (filter_sql, filter_values) = conjunction(conditions);

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use sea_orm::Value;
 use serde::Deserialize;
 
-use super::criteria::{distinct_rows, Condition, Selectivity};
+use super::criteria::{Condition, Selectivity};
 use crate::error::{FhirError, FhirResult};
 
 const DEFINITIONS_GZ: &[u8] =
@@ -138,12 +138,12 @@ impl Compartments {
         }
         // Members found by reference alone come straight from the reference index.
         let source = (resource_type != compartment_type).then(|| {
-            let select = distinct_rows(&format!(
+            let select = format!(
                 "SELECT c.resource_type, c.resource_id AS id FROM search_reference c \
                  WHERE c.resource_type = ? AND c.param IN ({}) AND c.target_type = ? \
                  AND c.target_id = ?",
                 vec!["?"; params.len()].join(", ")
-            ));
+            );
             (select, values.clone())
         });
         Ok(Condition {

@@ -43,9 +43,10 @@ pub struct Condition {
     /// How few resources the condition is expected to select.
     pub selectivity: Selectivity,
     /// The matching resources straight from one index table, as `SELECT resource_type,
-    /// resource_id AS id FROM …` without duplicates, with its own bind values: index rows
-    /// exist only for current, undeleted resources, so a search driven by this condition
-    /// need not read `resources` at all.
+    /// resource_id AS id FROM …` (a resource may come more than once: see
+    /// [`distinct_rows`]), with its own bind values: index rows exist only for current,
+    /// undeleted resources, so a search driven by this condition need not read
+    /// `resources` at all.
     pub source: Option<(String, Vec<Value>)>,
     /// The condition reads the row's own columns besides `id` (`last_updated`).
     pub reads_row: bool,
@@ -131,6 +132,63 @@ pub fn conjunction(conditions: Vec<Condition>) -> (String, Vec<Value>) {
     (sql, values)
 }
 
+/// Most index entries counted per condition by [`rank_by_entries`].
+const ENTRY_COUNT_LIMIT: u64 = 5_000;
+
+/// Where the fixed ranking cannot tell the best conditions apart (a patient and a device
+/// are both references to one resource, but one patient may have a thousand Observations
+/// and one monitor a hundred thousand), counts their index entries, up to
+/// [`ENTRY_COUNT_LIMIT`], and moves the one with the fewest first, so that it drives the
+/// query. A few cheap index reads decide between plans that differ a hundredfold.
+pub async fn rank_by_entries(
+    conn: &impl sea_orm::ConnectionTrait,
+    conditions: &mut [Condition],
+) -> Result<(), sea_orm::DbErr> {
+    let Some(best) = conditions
+        .iter()
+        .filter(|c| c.source.is_some())
+        .map(|c| c.selectivity)
+        .max()
+        .filter(|s| *s > Selectivity::Filter)
+    else {
+        return Ok(());
+    };
+    if conditions.iter().any(|c| c.selectivity > best) {
+        return Ok(()); // something without a source (an _id) drives anyway
+    }
+    let candidates: Vec<usize> = (0..conditions.len())
+        .filter(|&i| conditions[i].selectivity == best && conditions[i].source.is_some())
+        .collect();
+    if candidates.len() < 2 {
+        return Ok(());
+    }
+    let backend = conn.get_database_backend();
+    let mut fewest: Option<(u64, usize)> = None;
+    for i in candidates {
+        let Some((source, values)) = &conditions[i].source else {
+            continue;
+        };
+        let sql = format!(
+            "SELECT COUNT(*) AS n FROM (SELECT 1 AS one FROM ({source}) s LIMIT {ENTRY_COUNT_LIMIT}) c"
+        );
+        let row = conn
+            .query_one_raw(crate::store::sql::statement(backend, &sql, values.clone()))
+            .await?;
+        let count = match row {
+            Some(row) => row.try_get::<i64>("", "n")?.max(0) as u64,
+            None => 0,
+        };
+        if fewest.is_none_or(|(n, _)| count < n) {
+            fewest = Some((count, i));
+        }
+    }
+    if let Some((_, i)) = fewest {
+        // First among equals: `split_driver` sorts stably.
+        conditions[..=i].rotate_right(1);
+    }
+    Ok(())
+}
+
 /// The condition worth starting from, if any, and the others, most selective first.
 fn split_driver(mut conditions: Vec<Condition>) -> (Option<Condition>, Vec<Condition>) {
     // Stable: among equally selective conditions the first one given drives.
@@ -176,7 +234,8 @@ pub fn rows_of_type(
             let (probe_sql, probe_values) = probes_of(probes);
             let mut values = source_values;
             values.extend(probe_values);
-            (format!("FROM ({source}) r WHERE 1 = 1{probe_sql}"), values)
+            let rows = distinct_rows(&format!("SELECT u.resource_type, u.id FROM ({source}) u"));
+            (format!("FROM ({rows}) r WHERE 1 = 1{probe_sql}"), values)
         }
         driver => {
             let mut conditions: Vec<Condition> = driver.into_iter().collect();
@@ -931,7 +990,8 @@ fn placeholders(sql: &str) -> usize {
     sql.matches('?').count()
 }
 
-/// `select` (of `resource_type, id`) without duplicate rows, for [`Condition::source`].
+/// `select` (of `resource_type, id`) without duplicate rows, for a
+/// [`Condition::source`].
 ///
 /// A UNION, not DISTINCT: SQLite plans a DISTINCT query to read an index already in the
 /// order of the distinct columns, and for `resource_id` that is a whole per-resource
@@ -969,8 +1029,8 @@ fn exists(
              AND ({alternatives})"
         )
     };
-    // The source seeks each alternative apart: a UNION of one SELECT per alternative (an OR
-    // of several would make SQLite read every entry of the parameter).
+    // The source seeks each alternative apart: one SELECT per alternative (an OR of
+    // several would make SQLite read every entry of the parameter).
     let source = (!negate).then(|| {
         let mut selects = Vec::with_capacity(parts.len());
         let mut source_values = Vec::with_capacity(values.len());
@@ -986,11 +1046,7 @@ fn exists(
             source_values.extend(own.iter().cloned());
         }
         debug_assert!(rest.is_empty(), "placeholders and values disagree");
-        let select = match selects.len() {
-            1 => distinct_rows(&selects[0]),
-            _ => selects.join(" UNION "),
-        };
-        (select, source_values)
+        (selects.join(" UNION ALL "), source_values)
     });
     Condition {
         sql: format!(
@@ -1666,7 +1722,7 @@ mod tests {
             ],
             false,
         );
-        assert!(sql.starts_with("FROM (SELECT f.resource_type"), "{sql}");
+        assert!(sql.starts_with("FROM (SELECT u.resource_type"), "{sql}");
         assert!(!sql.contains("FROM resources"), "{sql}");
         // _lastUpdated lives on the resource row.
         let (sql, _) = rows_of_type(

@@ -115,7 +115,9 @@ async fn compartment_members_are_found_by_reference() {
         .condition("Patient", "1", "Observation")
         .unwrap();
     let (source, values) = member.source.clone().unwrap();
-    let sql = (format!("SELECT COUNT(*) FROM ({source}) r"), values);
+    let rows =
+        super::criteria::distinct_rows(&format!("SELECT u.resource_type, u.id FROM ({source}) u"));
+    let sql = (format!("SELECT COUNT(*) FROM ({rows}) r"), values);
     assert_seeks(&plan(&db, sql).await, "Patient/1/Observation");
 }
 
@@ -132,4 +134,59 @@ async fn lastn_reads_one_patients_observations() {
         let sql = crate::api::observation_ops::keyed_query(conditions, subject.map(String::from));
         assert_seeks(&plan(&db, sql).await, query);
     }
+}
+
+#[tokio::test]
+async fn the_condition_with_fewer_entries_drives_among_equals() {
+    let db = database().await;
+    let backend = db.connection.get_database_backend();
+    // One monitor with fifty Observations, one patient with three.
+    for i in 0..50 {
+        let mut rows = vec![(format!("o{i}"), "device", "Device", "d1")];
+        if i < 3 {
+            rows.push((format!("o{i}"), "patient", "Patient", "p1"));
+        }
+        for (id, param, target_type, target_id) in rows {
+            db.connection
+                .execute_raw(statement(
+                    backend,
+                    "INSERT INTO search_reference (resource_type, resource_id, param, \
+                     target_type, target_id, url) VALUES ('Observation', ?, ?, ?, ?, ?)",
+                    vec![
+                        id.into(),
+                        param.into(),
+                        target_type.into(),
+                        target_id.into(),
+                        format!("{target_type}/{target_id}").into(),
+                    ],
+                ))
+                .await
+                .unwrap();
+        }
+    }
+    let mut conditions = vec![
+        condition("Observation", "device", "Device/d1")
+            .unwrap()
+            .unwrap(),
+        condition("Observation", "patient", "Patient/p1")
+            .unwrap()
+            .unwrap(),
+    ];
+    super::criteria::rank_by_entries(&db.connection, &mut conditions)
+        .await
+        .unwrap();
+    let (from_where, values) = rows_of_type(
+        ("r.resource_type = ?", vec!["Observation".into()]),
+        conditions,
+        false,
+    );
+    assert!(
+        from_where.starts_with("FROM (SELECT u.resource_type"),
+        "{from_where}"
+    );
+    assert_eq!(
+        values[1],
+        Value::from("patient"),
+        "the patient's entries drive"
+    );
 }
