@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
@@ -56,6 +57,15 @@ pub struct ServeArgs {
     /// Largest accepted request body in bytes [default: 16 MiB].
     #[arg(long, env = "FHIRGATE_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// How long failed subscription notifications are retried before the subscription
+    /// stays in `error` until its client re-activates it, e.g. `3d`, `12h`, `90s`
+    /// [default: 3d].
+    #[arg(long, env = "FHIRGATE_SUBSCRIPTION_RETRY_HORIZON")]
+    pub subscription_retry_horizon: Option<String>,
+    /// How long an instance's claim on a subscription's delivery lasts without renewal;
+    /// another instance sharing the database takes over after it [default: 30s].
+    #[arg(long, env = "FHIRGATE_DELIVERY_LEASE")]
+    pub delivery_lease: Option<String>,
 }
 
 /// The same settings as they may appear in the TOML file.
@@ -75,6 +85,10 @@ struct FileSettings {
     outbound_allow: Option<String>,
     #[serde(alias = "max-body-bytes")]
     max_body_bytes: Option<usize>,
+    #[serde(alias = "subscription-retry-horizon")]
+    subscription_retry_horizon: Option<String>,
+    #[serde(alias = "delivery-lease")]
+    delivery_lease: Option<String>,
 }
 
 /// Fully resolved server settings.
@@ -89,6 +103,45 @@ pub struct ServeConfig {
     pub dicom: Option<String>,
     pub outbound_allow: Vec<String>,
     pub max_body_bytes: usize,
+    pub subscription_retry_horizon: Duration,
+    pub delivery_lease: Duration,
+}
+
+pub const DEFAULT_RETRY_HORIZON: Duration = Duration::from_secs(3 * 24 * 3600);
+pub const DEFAULT_DELIVERY_LEASE: Duration = Duration::from_secs(30);
+
+/// A duration such as `3d`, `12h`, `15m`, `90s` or `500ms`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let seconds = match unit.trim() {
+        "ms" => return Some(Duration::from_millis(number)),
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    Some(Duration::from_secs(number.checked_mul(seconds)?))
+}
+
+fn duration_setting(
+    flag: &str,
+    value: Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(text) => parse_duration(&text)
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "--{flag} {text:?} is not a duration such as 3d, 12h, 15m, 90s or 500ms"
+                ))
+            }),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +173,8 @@ impl ServeConfig {
             dicom: None,
             outbound_allow: Vec::new(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            subscription_retry_horizon: DEFAULT_RETRY_HORIZON,
+            delivery_lease: DEFAULT_DELIVERY_LEASE,
         }
     }
 
@@ -160,6 +215,17 @@ impl ServeConfig {
                 .max_body_bytes
                 .or(file.max_body_bytes)
                 .unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            subscription_retry_horizon: duration_setting(
+                "subscription-retry-horizon",
+                args.subscription_retry_horizon
+                    .or(file.subscription_retry_horizon),
+                DEFAULT_RETRY_HORIZON,
+            )?,
+            delivery_lease: duration_setting(
+                "delivery-lease",
+                args.delivery_lease.or(file.delivery_lease),
+                DEFAULT_DELIVERY_LEASE,
+            )?,
         };
         config.check()?;
         Ok(config)
@@ -224,6 +290,25 @@ mod tests {
         assert_eq!(config.listen, "127.0.0.1:7777");
         assert_eq!(config.database_url, "sqlite://x.db");
         assert_eq!(config.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("3d"), Some(Duration::from_secs(259_200)));
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("3 days"), None);
+        assert_eq!(parse_duration("s"), None);
+        let args = ServeArgs {
+            subscription_retry_horizon: Some("soon".into()),
+            ..Default::default()
+        };
+        let err = ServeConfig::resolve(args).unwrap_err();
+        assert!(
+            err.to_string().contains("subscription-retry-horizon"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod db;
 pub mod error;
 pub mod fhir;
 pub mod fhirpath;
+pub mod metrics;
 pub mod outbound;
 pub mod search;
 pub mod server;

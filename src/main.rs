@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the FHIR server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply database migrations and exit.
     Migrate {
         /// `sqlite://PATH` or `postgres://…`
@@ -60,7 +60,7 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> Result<(), String> {
     match command {
         Command::Serve(args) => {
-            let config = ServeConfig::resolve(args).map_err(|e| e.to_string())?;
+            let config = ServeConfig::resolve(*args).map_err(|e| e.to_string())?;
             if config.auth == AuthMode::Off {
                 tracing::warn!(
                     "authentication is OFF (--auth off): anyone who can reach {} can read and write all data",

@@ -103,6 +103,36 @@ impl OutboundPolicy {
         Ok(url)
     }
 
+    /// [`check_url`](Self::check_url), and for a host written as an address, that address
+    /// too: what can be refused without a name lookup is refused when a client names it
+    /// (subscription creation), not days later at delivery.
+    pub fn check_endpoint(&self, text: &str) -> Result<Url, Refusal> {
+        let url = self.check_url(text)?;
+        let address = match url.host() {
+            Some(url::Host::Ipv4(a)) => Some(IpAddr::V4(a)),
+            Some(url::Host::Ipv6(a)) => Some(IpAddr::V6(a)),
+            _ => None,
+        };
+        if let Some(ip) = address {
+            if !(is_public(ip) || self.allows_address(ip)) {
+                return Err(Refusal(format!(
+                    "{text:?} names {ip}, a {} address, which outbound requests may not reach \
+                     unless the operator allows it (--outbound-allow)",
+                    kind_of(ip)
+                )));
+            }
+        } else if url
+            .host_str()
+            .is_some_and(|h| h.eq_ignore_ascii_case("localhost") && !self.allows_host(h))
+        {
+            return Err(Refusal(format!(
+                "{text:?} names localhost, which outbound requests may not reach unless the \
+                 operator allows it (--outbound-allow)"
+            )));
+        }
+        Ok(url)
+    }
+
     /// Resolves the URL's host and checks every address: public, or allowed by name or
     /// network. Returns the addresses to connect to.
     pub async fn resolve(&self, url: &Url) -> Result<Vec<SocketAddr>, Refusal> {

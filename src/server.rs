@@ -13,13 +13,17 @@ use crate::api::{self, AppState};
 use crate::config::ServeConfig;
 use crate::db;
 use crate::fhir::definitions::Definitions;
+use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::subscriptions::delivery::{self, DeliveryHandle};
+use crate::subscriptions::registry::Registry;
 
 /// A server running in this process (used by `serve` and by the integration tests).
 pub struct RunningServer {
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
+    delivery: Option<DeliveryHandle>,
 }
 
 impl RunningServer {
@@ -28,22 +32,36 @@ impl RunningServer {
         format!("http://{}/fhir", self.addr)
     }
 
-    /// Stops accepting connections and waits for in-flight requests to finish.
+    /// Stops accepting connections, waits for in-flight requests to finish, then stops
+    /// the subscription delivery (handing its work to other instances).
     pub async fn stop(mut self) -> std::io::Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        self.task.await.unwrap_or(Ok(()))
+        let served = self.task.await.unwrap_or(Ok(()));
+        if let Some(delivery) = self.delivery.take() {
+            delivery.stop().await;
+        }
+        served
     }
 
-    /// Runs until the process is asked to stop (SIGINT or SIGTERM).
-    pub async fn run_until_signal(mut self) -> std::io::Result<()> {
-        shutdown_signal().await;
-        tracing::info!("shutting down: finishing in-flight requests");
+    /// Stops the subscription delivery as a crash would: nothing handed over, leases
+    /// left to run out (for tests of the takeover by another instance).
+    pub async fn crash(mut self) {
+        if let Some(delivery) = self.delivery.take() {
+            delivery.abandon();
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        self.task.await.unwrap_or(Ok(()))
+        let _ = self.task.await;
+    }
+
+    /// Runs until the process is asked to stop (SIGINT or SIGTERM).
+    pub async fn run_until_signal(self) -> std::io::Result<()> {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        self.stop().await
     }
 }
 
@@ -79,11 +97,32 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, StartError> {
         addr: config.listen.clone(),
         source,
     })?;
-    let store = Store::open(connection, &config.database_url).await?;
+    // Checked when the configuration was resolved; an embedded caller gets the error here.
+    let policy = crate::outbound::OutboundPolicy::parse(&config.outbound_allow)
+        .map_err(|e| StartError::Database(sea_orm::DbErr::Custom(e)))?;
+    let subscriptions = Arc::new(Registry::new(policy.clone()));
+    let store = Store::open(connection, &config.database_url, subscriptions).await?;
+    let metrics = Arc::new(Metrics::default());
+    let delivery = delivery::start(
+        store.clone(),
+        delivery::Settings {
+            base_url: config
+                .base_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{addr}/fhir")),
+            instance: uuid::Uuid::new_v4().to_string(),
+            retry_horizon: config.subscription_retry_horizon,
+            lease: config.delivery_lease,
+            poll: std::time::Duration::from_secs(1),
+            policy,
+        },
+        metrics.clone(),
+    );
     let state = AppState {
         store,
         config: Arc::new(config),
         capability: Arc::new(api::metadata::capability_statement()),
+        metrics,
     };
     let app = api::app(state);
     let (stop, stopped) = oneshot::channel::<()>();
@@ -102,6 +141,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, StartError> {
         addr,
         stop: Some(stop),
         task,
+        delivery: Some(delivery),
     })
 }
 

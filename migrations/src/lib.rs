@@ -11,6 +11,7 @@ mod m20261124_000003_search_composite;
 mod m20261124_000004_sort_indexes;
 mod m20261124_000005_covering_indexes;
 mod m20261124_000006_postgres_byte_order;
+mod m20261124_000007_subscription_delivery;
 
 pub struct Migrator;
 
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000004_sort_indexes::Migration),
             Box::new(m20261124_000005_covering_indexes::Migration),
             Box::new(m20261124_000006_postgres_byte_order::Migration),
+            Box::new(m20261124_000007_subscription_delivery::Migration),
         ]
     }
 }

@@ -12,6 +12,7 @@ pub mod openapi;
 pub mod reindex;
 pub mod respond;
 pub mod search;
+pub mod subscription_ops;
 pub mod summary;
 pub mod validate;
 
@@ -35,6 +36,7 @@ pub struct AppState {
     pub store: Store,
     pub config: Arc<ServeConfig>,
     pub capability: Arc<Json>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The FHIR routes with their OpenAPI description.
@@ -55,6 +57,9 @@ pub fn fhir_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(observation_ops::lastn, observation_ops::lastn_post))
         .routes(routes!(observation_ops::stats, observation_ops::stats_post))
         .routes(routes!(validate::validate_type))
+        .routes(routes!(subscription_ops::status_of_many))
+        .routes(routes!(subscription_ops::status))
+        .routes(routes!(subscription_ops::events))
         .routes(routes!(reindex::reindex_type))
         .routes(routes!(crud::read, crud::update, crud::patch, crud::delete))
         .routes(routes!(validate::validate_instance))
@@ -106,6 +111,7 @@ pub fn app(state: AppState) -> Router {
         .merge(openapi::docs_routes(api_doc))
         .route("/healthz", axum::routing::get(health))
         .route("/readyz", axum::routing::get(ready))
+        .route("/metrics", axum::routing::get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(negotiate::check_accept))
@@ -115,6 +121,21 @@ pub fn app(state: AppState) -> Router {
         ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Prometheus metrics: subscription delivery counters and queue figures.
+async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    match crate::subscriptions::delivery::queue_figures(state.store.connection()).await {
+        Ok(queue) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            state.metrics.render(&queue),
+        )
+            .into_response(),
+        Err(err) => err.into_response(),
+    }
 }
 
 async fn health() -> &'static str {

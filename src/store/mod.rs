@@ -14,9 +14,12 @@ pub mod versions;
 pub mod write_txn;
 pub mod writer;
 
+use std::sync::Arc;
+
 use sea_orm::{DatabaseConnection, DbBackend};
 
 use crate::error::FhirResult;
+use crate::subscriptions::registry::Registry;
 pub use versions::{HistoryEntry, HistoryPage, HistoryScope, StoredResource};
 pub use write_txn::WriteTxn;
 pub use writer::Writer;
@@ -26,14 +29,28 @@ pub use writer::Writer;
 pub struct Store {
     db: DatabaseConnection,
     writer: Writer,
+    subscriptions: Arc<Registry>,
 }
 
 impl Store {
     /// Opens the store: `db` serves reads, the writer opens its own connection to
     /// `database_url`.
-    pub async fn open(db: DatabaseConnection, database_url: &str) -> Result<Self, sea_orm::DbErr> {
-        let writer = Writer::start(database_url).await?;
-        Ok(Store { db, writer })
+    pub async fn open(
+        db: DatabaseConnection,
+        database_url: &str,
+        subscriptions: Arc<Registry>,
+    ) -> Result<Self, sea_orm::DbErr> {
+        let writer = Writer::start(database_url, subscriptions.clone()).await?;
+        Ok(Store {
+            db,
+            writer,
+            subscriptions,
+        })
+    }
+
+    /// The live subscriptions of this server.
+    pub fn subscriptions(&self) -> &Arc<Registry> {
+        &self.subscriptions
     }
 
     pub fn connection(&self) -> &DatabaseConnection {

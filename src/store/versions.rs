@@ -7,6 +7,7 @@ use super::sql::{json_value, statement};
 use super::time::instant;
 use super::write_txn::{Table, WriteTxn};
 use crate::error::{FhirError, FhirResult};
+use crate::subscriptions::topics::Interaction;
 
 /// One stored version of a resource.
 #[derive(Debug, Clone)]
@@ -188,6 +189,12 @@ pub async fn write_version(
 ) -> FhirResult<StoredResource> {
     let backend = conn.get_database_backend();
     let version_id = previous.unwrap_or(0) + 1;
+    let signing_secret = match (resource_type, content.as_mut()) {
+        ("Subscription", Some(resource)) => {
+            crate::subscriptions::outbox::prepare_subscription(conn, resource)?
+        }
+        _ => None,
+    };
     if let Some(resource) = content.as_mut() {
         set_meta(resource, version_id, last_updated)?;
     }
@@ -246,6 +253,30 @@ pub async fn write_version(
         id,
         content.as_ref(),
         previous.is_some(),
+    )
+    .await?;
+    if resource_type == "Subscription" {
+        crate::subscriptions::outbox::subscription_written(
+            conn,
+            id,
+            content.as_ref(),
+            signing_secret,
+        )
+        .await?;
+    }
+    let interaction = match (&content, previous) {
+        (None, _) => Interaction::Delete,
+        (Some(_), None) => Interaction::Create,
+        (Some(_), Some(_)) => Interaction::Update,
+    };
+    crate::subscriptions::outbox::record_events(
+        conn,
+        resource_type,
+        id,
+        version_id,
+        interaction,
+        content.as_ref(),
+        last_updated,
     )
     .await?;
     // Creating a draft SearchParameter changes nothing for search; creating an active one,

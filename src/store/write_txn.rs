@@ -17,9 +17,12 @@ use sea_orm::{
     ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, ExecResult, QueryResult, Statement,
     Value,
 };
+use std::sync::Arc;
+
 use tokio::sync::Mutex;
 
 use super::sql::statement;
+use crate::subscriptions::registry::Registry;
 
 /// A table receiving deferred rows, with its columns in bind order and their PostgreSQL
 /// types.
@@ -35,12 +38,18 @@ const MAX_BINDS: usize = 30_000;
 pub struct WriteTxn<'a> {
     txn: &'a DatabaseTransaction,
     state: Mutex<State>,
+    /// The live subscriptions writes are matched against (none for maintenance work).
+    subscriptions: Option<Arc<Registry>>,
 }
 
 #[derive(Default)]
 struct State {
     /// A write changed which SearchParameters are in use: reload them after the commit.
     search_parameters_changed: bool,
+    /// A Subscription was written: reload the live subscriptions after the commit.
+    subscriptions_changed: bool,
+    /// Subscription events were recorded: wake the delivery after the commit.
+    events_recorded: bool,
     pending: Vec<(&'static Table, Vec<Value>)>,
     scopes: Vec<Scope>,
     savepoints_made: u64,
@@ -53,11 +62,41 @@ struct Scope {
 }
 
 impl<'a> WriteTxn<'a> {
-    pub fn new(txn: &'a DatabaseTransaction) -> Self {
+    pub fn new(txn: &'a DatabaseTransaction, subscriptions: Option<Arc<Registry>>) -> Self {
         WriteTxn {
             txn,
             state: Mutex::new(State::default()),
+            subscriptions,
         }
+    }
+
+    /// The live subscriptions writes in this transaction are matched against.
+    pub fn subscriptions(&self) -> Option<&Arc<Registry>> {
+        self.subscriptions.as_ref()
+    }
+
+    /// Notes that a Subscription was written.
+    pub async fn subscriptions_changed(&self) {
+        self.state.lock().await.subscriptions_changed = true;
+    }
+
+    /// Notes that subscription events were recorded.
+    pub async fn events_recorded(&self) {
+        self.state.lock().await.events_recorded = true;
+    }
+
+    /// Whether a write changed a Subscription, and whether one recorded events.
+    pub async fn subscription_activity(&self) -> (bool, bool) {
+        let state = self.state.lock().await;
+        (state.subscriptions_changed, state.events_recorded)
+    }
+
+    /// A statement that changes data and returns rows (`UPDATE … RETURNING`): like any
+    /// change, it runs inside the job's savepoint so a failed job undoes it.
+    pub async fn query_changing(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        let mut state = self.state.lock().await;
+        self.settle(&mut state).await?;
+        self.txn.query_all_raw(stmt).await
     }
 
     /// Queues a row for a multi-row INSERT into `table`.

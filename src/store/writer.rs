@@ -12,11 +12,14 @@ use std::panic::AssertUnwindSafe;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use sea_orm::{DatabaseConnection, DbErr, TransactionTrait};
+use std::sync::Arc;
+
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, TransactionTrait};
 use tokio::sync::{mpsc, oneshot};
 
 use super::write_txn::WriteTxn;
 use crate::error::{FhirError, FhirResult};
+use crate::subscriptions::registry::Registry;
 
 /// Most jobs packed into one commit; bounds the latency one commit adds to its jobs.
 const MAX_JOBS_PER_COMMIT: usize = 256;
@@ -29,13 +32,20 @@ pub struct Writer {
     jobs: mpsc::Sender<Job>,
 }
 
+/// What the writer keeps besides its connection: the live subscriptions every write is
+/// matched against.
+struct Context {
+    db: DatabaseConnection,
+    subscriptions: Arc<Registry>,
+}
+
 impl Writer {
     /// Starts the writer on a thread of its own, with its own runtime and connection.
     ///
     /// Its statements then never queue behind request handlers for a turn on the shared
     /// runtime: with dozens of clients, each of the ten or so round trips of a commit
     /// would otherwise wait for every busy handler, and commits would slow to a crawl.
-    pub async fn start(database_url: &str) -> Result<Writer, DbErr> {
+    pub async fn start(database_url: &str, subscriptions: Arc<Registry>) -> Result<Writer, DbErr> {
         let (jobs, queue) = mpsc::channel(4096);
         let (ready, started) = oneshot::channel::<Result<(), DbErr>>();
         let url = database_url.to_string();
@@ -57,8 +67,19 @@ impl Writer {
                 runtime.block_on(async move {
                     match crate::db::connect_pool(&url, 1).await {
                         Ok(db) => {
-                            let _ = ready.send(Ok(()));
-                            run(db.clone(), queue).await;
+                            let context = Context {
+                                db: db.clone(),
+                                subscriptions,
+                            };
+                            match reload_subscriptions(&context).await {
+                                Ok(()) => {
+                                    let _ = ready.send(Ok(()));
+                                    run(&context, queue).await;
+                                }
+                                Err(err) => {
+                                    let _ = ready.send(Err(err));
+                                }
+                            }
                             let _ = db.close().await;
                         }
                         Err(err) => {
@@ -106,7 +127,7 @@ impl Writer {
     }
 }
 
-async fn run(db: DatabaseConnection, mut queue: mpsc::Receiver<Job>) {
+async fn run(context: &Context, mut queue: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_JOBS_PER_COMMIT);
     while let Some(first) = queue.recv().await {
         batch.push(first);
@@ -116,11 +137,12 @@ async fn run(db: DatabaseConnection, mut queue: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        commit_batch(&db, &mut batch).await;
+        commit_batch(context, &mut batch).await;
     }
 }
 
-async fn commit_batch(db: &DatabaseConnection, batch: &mut Vec<Job>) {
+async fn commit_batch(context: &Context, batch: &mut Vec<Job>) {
+    let db = &context.db;
     let started = std::time::Instant::now();
     let jobs = batch.len();
     let txn = match db.begin().await {
@@ -133,7 +155,7 @@ async fn commit_batch(db: &DatabaseConnection, batch: &mut Vec<Job>) {
         }
     };
     let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
-    let write_txn = WriteTxn::new(&txn);
+    let write_txn = WriteTxn::new(&txn, Some(context.subscriptions.clone()));
     let mut broken: Option<FhirError> = None;
     for job in batch.drain(..) {
         write_txn.begin_scope().await;
@@ -150,7 +172,23 @@ async fn commit_batch(db: &DatabaseConnection, batch: &mut Vec<Job>) {
         }
     }
     let reload_search_parameters = write_txn.changes_search_parameters().await;
+    let (subscriptions_changed, events_recorded) = write_txn.subscription_activity().await;
     drop(write_txn);
+    if broken.is_none()
+        && (subscriptions_changed || events_recorded)
+        && db.get_database_backend() == DbBackend::Postgres
+    {
+        // Delivered at the commit: wakes the delivery (and the subscription reload) of
+        // every other server instance sharing this database.
+        let channel = if subscriptions_changed {
+            crate::subscriptions::delivery::SUBSCRIPTIONS_CHANNEL
+        } else {
+            crate::subscriptions::delivery::EVENTS_CHANNEL
+        };
+        if let Err(err) = txn.execute_unprepared(&format!("NOTIFY {channel}")).await {
+            broken = Some(FhirError::from(err));
+        }
+    }
     if let Some(err) = broken {
         let _ = txn.rollback().await;
         for finish in finishes {
@@ -173,7 +211,23 @@ async fn commit_batch(db: &DatabaseConnection, batch: &mut Vec<Job>) {
             tracing::error!("cannot reload the search parameters: {err}");
         }
     }
+    if committed.is_ok() && subscriptions_changed {
+        if let Err(err) = reload_subscriptions(context).await {
+            tracing::error!("cannot reload the subscriptions: {err}");
+        }
+    }
+    if committed.is_ok() && (subscriptions_changed || events_recorded) {
+        context.subscriptions.wake.notify_one();
+    }
     for finish in finishes {
         finish(committed.clone());
     }
+}
+
+/// Compiles the stored Subscriptions into the registry; runs before the next batch, so
+/// the next write is matched against what was just committed.
+async fn reload_subscriptions(context: &Context) -> Result<(), DbErr> {
+    crate::subscriptions::registry::reload(&context.db, &context.subscriptions)
+        .await
+        .map_err(|e| DbErr::Custom(e.to_string()))
 }

@@ -1,8 +1,18 @@
-//! Topic-based subscriptions (Subscriptions R5 Backport IG, STU 1.1). Being built (issue
-//! 4). So far: the topics the server offers, defined as data (`topics`); the checks of
-//! what a client asks for in a `Subscription`, with the server-owned status (`request`);
-//! and the notification Bundles (`notification`). Nothing is delivered yet, and topics are
-//! not advertised until delivery works.
+//! Topic-based subscriptions (Subscriptions R5 Backport IG, STU 1.1) and classic R4
+//! criteria subscriptions.
+//!
+//! - `topics`: the topics the server offers, defined as data.
+//! - `request`: the checks of what a client asks for in a `Subscription`, and how its
+//!   notifications are to be sent.
+//! - `registry`: the live subscriptions of a server, matched against every write.
+//! - `outbox`: events recorded in the transaction of the change that caused them, and
+//!   the delivery state of each subscription.
+//! - `notification`: the notification Bundles.
+//! - `delivery`: the workers that send notifications (rest-hook), with retries, leases
+//!   shared between server instances, heartbeats and the attempt log.
+pub mod delivery;
 pub mod notification;
+pub mod outbox;
+pub mod registry;
 pub mod request;
 pub mod topics;

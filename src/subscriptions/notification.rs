@@ -80,6 +80,36 @@ pub fn notification_bundle(
     content: PayloadContent,
     now_micros: i64,
 ) -> Json {
+    let status = status_parameters(base, state, kind, events, content);
+    let mut entries = vec![json!({
+        "fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()),
+        "resource": status,
+        "request": {"method": "GET", "url": format!("Subscription/{}/$status", state.id)},
+        "response": {"status": "200"}
+    })];
+    if content != PayloadContent::Empty {
+        for event in events {
+            entries.push(event_entry(base, event, content));
+        }
+    }
+    json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "type": "history",
+        "timestamp": instant(now_micros),
+        "entry": entries
+    })
+}
+
+/// The subscription status resource (`Parameters`, profile
+/// `backport-subscription-status-r4`) reporting `events`.
+pub fn status_parameters(
+    base: &str,
+    state: &SubscriptionState,
+    kind: NotificationType,
+    events: &[Event],
+    content: PayloadContent,
+) -> Json {
     let mut parameters = vec![
         json!({"name": "subscription", "valueReference": {"reference": format!("{base}/Subscription/{}", state.id)}}),
     ];
@@ -108,29 +138,11 @@ pub fn notification_bundle(
     if let Some(error) = state.error {
         parameters.push(json!({"name": "error", "valueCodeableConcept": {"text": error}}));
     }
-    let status = json!({
+    json!({
         "resourceType": "Parameters",
         "id": uuid::Uuid::new_v4().to_string(),
         "meta": {"profile": [STATUS_PROFILE]},
         "parameter": parameters
-    });
-    let mut entries = vec![json!({
-        "fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()),
-        "resource": status,
-        "request": {"method": "GET", "url": format!("Subscription/{}/$status", state.id)},
-        "response": {"status": "200"}
-    })];
-    if content != PayloadContent::Empty {
-        for event in events {
-            entries.push(event_entry(base, event, content));
-        }
-    }
-    json!({
-        "resourceType": "Bundle",
-        "id": uuid::Uuid::new_v4().to_string(),
-        "type": "history",
-        "timestamp": instant(now_micros),
-        "entry": entries
     })
 }
 

@@ -36,6 +36,14 @@ fn backport_extension<'a>(extensions: Option<&'a Json>, name: &str) -> Option<&'
         .find(|e| e["url"].as_str() == Some(url.as_str()))
 }
 
+/// The extension with this full URL among `extensions`.
+fn backport_extension_at<'a>(extensions: Option<&'a Json>, url: &str) -> Option<&'a Json> {
+    extensions?
+        .as_array()?
+        .iter()
+        .find(|e| e["url"].as_str() == Some(url))
+}
+
 fn all_backport_extensions<'a>(extensions: Option<&'a Json>, name: &str) -> Vec<&'a Json> {
     let url = format!("{BACKPORT}{name}");
     extensions
@@ -160,6 +168,35 @@ fn check_channel(channel: &Json) -> FhirResult<()> {
         }
     }
     payload_content(channel)?;
+    for (i, header) in channel["header"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let text = header.as_str().unwrap_or_default();
+        let valid = text.split_once(':').is_some_and(|(name, value)| {
+            axum::http::HeaderName::from_bytes(name.trim().as_bytes()).is_ok()
+                && axum::http::HeaderValue::from_str(value.trim()).is_ok()
+        });
+        if !valid {
+            return Err(FhirError::bad_request(format!(
+                "channel.header[{i}] must be an HTTP header written as \"Name: value\", e.g. \
+                 \"Authorization: Bearer …\""
+            ))
+            .at(format!("Subscription.channel.header[{i}]")));
+        }
+    }
+    if let Some(secret) = backport_extension_at(channel.get("extension"), SIGNING_SECRET_URL) {
+        if secret["valueString"].as_str().is_none_or(|s| s.len() < 16) {
+            return Err(FhirError::bad_request(
+                "the subscription-signing-secret extension holds the signing secret in \
+                 valueString, at least 16 characters long",
+            )
+            .at("Subscription.channel.extension"));
+        }
+    }
     for (name, kind) in [
         ("backport-heartbeat-period", "valueUnsignedInt"),
         ("backport-timeout", "valueUnsignedInt"),
@@ -198,18 +235,123 @@ pub fn payload_content(channel: &Json) -> FhirResult<PayloadContent> {
     }
 }
 
-/// The status to store: `requested` for a new subscription; on an update the stored
-/// status stays unless the client switches it `off` or asks for it again (`requested`,
-/// which also re-activates one in `error`).
+/// The status to store: `requested` for a new subscription. On an update the client may
+/// switch it `off`, or ask for it again (`requested`, or `active` for one that is in
+/// `error` or `off`), which re-activates it through a new handshake; any other status it
+/// sends is ignored and the stored one stays.
 pub fn server_status(requested: Option<&str>, stored: Option<&str>) -> &'static str {
     match (requested, stored) {
         (_, None) => "requested",
         (Some("off"), _) => "off",
         (Some("requested"), _) => "requested",
+        (Some("active"), Some("error" | "off")) => "requested",
         (_, Some("active")) => "active",
         (_, Some("error")) => "error",
         (_, Some("off")) => "off",
         _ => "requested",
+    }
+}
+
+/// The Backport IG filter criteria strings of a topic-based subscription.
+pub fn filter_criteria(subscription: &Json) -> Vec<String> {
+    all_backport_extensions(
+        subscription["_criteria"].get("extension"),
+        "backport-filter-criteria",
+    )
+    .into_iter()
+    .filter_map(|e| e["valueString"].as_str().map(str::to_string))
+    .collect()
+}
+
+/// The extension a client puts on `Subscription.channel` to have notifications signed:
+/// its `valueString` is the shared secret. The server keeps the secret apart and replaces
+/// the extension with [`SIGNED_URL`], so the secret is never read back.
+pub const SIGNING_SECRET_URL: &str =
+    "http://fhirgate.dev/fhir/StructureDefinition/subscription-signing-secret";
+/// Marks a subscription whose notifications carry an HMAC-SHA256 signature header.
+pub const SIGNED_URL: &str = "http://fhirgate.dev/fhir/StructureDefinition/subscription-signed";
+
+/// Removes a signing secret from `subscription` and returns it: `Some(Some(secret))` for
+/// a new secret, `Some(None)` when signing is switched off (neither extension present),
+/// `None` when the stored secret stays (the marker is present).
+pub fn take_signing_secret(subscription: &mut Json) -> Option<Option<String>> {
+    let Some(extensions) = subscription["channel"]
+        .get_mut("extension")
+        .and_then(Json::as_array_mut)
+    else {
+        return Some(None);
+    };
+    let secret = extensions
+        .iter()
+        .find(|e| e["url"] == SIGNING_SECRET_URL)
+        .and_then(|e| e["valueString"].as_str().map(str::to_string));
+    let marked = extensions.iter().any(|e| e["url"] == SIGNED_URL);
+    extensions.retain(|e| e["url"] != SIGNING_SECRET_URL);
+    match secret {
+        Some(secret) => {
+            if !marked {
+                extensions.push(serde_json::json!({"url": SIGNED_URL, "valueCode": "hmac-sha256"}));
+            }
+            Some(Some(secret))
+        }
+        None if marked => None,
+        None => {
+            if extensions.is_empty() {
+                if let Some(channel) = subscription["channel"].as_object_mut() {
+                    channel.remove("extension");
+                }
+            }
+            Some(None)
+        }
+    }
+}
+
+/// How notifications of a subscription are sent, as its resource says.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// `rest-hook` or `websocket`.
+    pub channel: String,
+    pub endpoint: Option<String>,
+    /// `channel.header` entries as name and value.
+    pub headers: Vec<(String, String)>,
+    pub content: PayloadContent,
+    /// The topic URL; `None` for classic criteria.
+    pub topic: Option<String>,
+    pub heartbeat_seconds: u64,
+    pub timeout_seconds: Option<u64>,
+    pub max_count: Option<u64>,
+}
+
+impl Delivery {
+    pub fn of(subscription: &Json) -> Delivery {
+        let channel = &subscription["channel"];
+        let extension_number = |name: &str, kind: &str| {
+            backport_extension(channel.get("extension"), name)
+                .and_then(|e| e.get(kind))
+                .and_then(Json::as_u64)
+        };
+        let criteria = subscription["criteria"].as_str().unwrap_or_default();
+        Delivery {
+            channel: channel["type"].as_str().unwrap_or_default().to_string(),
+            endpoint: channel["endpoint"].as_str().map(str::to_string),
+            headers: channel["header"]
+                .as_array()
+                .map(|list| {
+                    list.iter()
+                        .filter_map(Json::as_str)
+                        .filter_map(|h| h.split_once(':'))
+                        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            content: payload_content(channel).unwrap_or(PayloadContent::Empty),
+            topic: (criteria.starts_with("http://") || criteria.starts_with("https://"))
+                .then(|| criteria.to_string()),
+            heartbeat_seconds: extension_number("backport-heartbeat-period", "valueUnsignedInt")
+                .unwrap_or(0),
+            timeout_seconds: extension_number("backport-timeout", "valueUnsignedInt"),
+            max_count: extension_number("backport-max-count", "valuePositiveInt"),
+        }
     }
 }
 
@@ -295,7 +437,12 @@ mod tests {
             server_status(Some("active"), Some("requested")),
             "requested"
         );
-        assert_eq!(server_status(Some("active"), Some("error")), "error");
+        assert_eq!(server_status(Some("active"), Some("error")), "requested");
+        assert_eq!(server_status(Some("active"), Some("off")), "requested");
+        assert_eq!(
+            server_status(Some("requested"), Some("active")),
+            "requested"
+        );
         assert_eq!(server_status(Some("requested"), Some("error")), "requested");
         assert_eq!(server_status(Some("off"), Some("active")), "off");
         assert_eq!(server_status(Some("error"), Some("active")), "active");

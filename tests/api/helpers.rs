@@ -14,6 +14,7 @@ pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
     pub database_url: String,
+    config: ServeConfig,
     server: Option<RunningServer>,
     database: TestDatabase,
 }
@@ -24,14 +25,22 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts a server after letting the test adjust its configuration.
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut ServeConfig)) -> TestApp {
+    // RUST_LOG=… shows the servers' logs with a test's output.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
     let database = TestDatabase::create().await;
     let mut config = ServeConfig::for_database(&database.url);
     adjust(&mut config);
-    let server = server::start(config).await.expect("server starts");
+    let server = server::start(config.clone()).await.expect("server starts");
     TestApp {
         base: server.base_url(),
         client: reqwest::Client::new(),
         database_url: database.url.clone(),
+        config,
         server: Some(server),
         database,
     }
@@ -100,11 +109,29 @@ impl TestApp {
         if let Some(server) = self.server.take() {
             server.stop().await.expect("server stops");
         }
-        let server = server::start(ServeConfig::for_database(&self.database_url))
+        let server = server::start(self.config.clone())
             .await
             .expect("server restarts");
         self.base = server.base_url();
         self.server = Some(server);
+    }
+
+    /// Starts another server instance on the same database and configuration.
+    pub async fn another_instance(&self) -> RunningServer {
+        server::start(self.config.clone())
+            .await
+            .expect("second instance starts")
+    }
+
+    /// Stops the server as a crash would, without starting another.
+    pub async fn crash(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.crash().await;
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.database_url.starts_with("postgres")
     }
 }
 
@@ -259,5 +286,182 @@ fn replace_database_name(url: &str, name: &str) -> String {
     match query {
         Some(q) => format!("{prefix}/{name}?{q}"),
         None => format!("{prefix}/{name}"),
+    }
+}
+
+/// A subscriber's endpoint: a real HTTP server on a loopback port that records every
+/// notification, answering with a status the test sets (or not at all while stopped).
+pub struct Receiver {
+    pub url: String,
+    addr: std::net::SocketAddr,
+    shared: std::sync::Arc<ReceiverShared>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+#[derive(Default)]
+struct ReceiverShared {
+    received: std::sync::Mutex<Vec<Received>>,
+    status: std::sync::atomic::AtomicU16,
+    arrived: tokio::sync::Notify,
+}
+
+/// One request a receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+    pub raw: String,
+    /// The status the receiver answered with.
+    pub answered: u16,
+    pub at: std::time::Instant,
+}
+
+impl Received {
+    /// The status Parameters' `type` (handshake, heartbeat, event-notification).
+    pub fn kind(&self) -> String {
+        self.parameter("type")["valueCode"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    pub fn parameter(&self, name: &str) -> Value {
+        self.body["entry"][0]["resource"]["parameter"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    /// The event numbers this notification carries.
+    pub fn event_numbers(&self) -> Vec<i64> {
+        self.body["entry"][0]["resource"]["parameter"]
+            .as_array()
+            .map(|ps| {
+                ps.iter()
+                    .filter(|p| p["name"] == "notification-event")
+                    .filter_map(|p| p["part"][0]["valueString"].as_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        Receiver::bind("127.0.0.1:0".parse().unwrap(), Default::default()).await
+    }
+
+    async fn bind(addr: std::net::SocketAddr, shared: std::sync::Arc<ReceiverShared>) -> Receiver {
+        use axum::routing::post;
+        shared
+            .status
+            .compare_exchange(
+                0,
+                200,
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+            )
+            .ok();
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("bind receiver");
+        let addr = listener.local_addr().unwrap();
+        let state = shared.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            post(move |headers: axum::http::HeaderMap, body: String| {
+                let state = state.clone();
+                async move {
+                    let answered = state.status.load(std::sync::atomic::Ordering::SeqCst);
+                    let mut map = reqwest::header::HeaderMap::new();
+                    for (name, value) in headers.iter() {
+                        if let (Ok(n), Ok(v)) = (
+                            reqwest::header::HeaderName::from_bytes(name.as_str().as_bytes()),
+                            reqwest::header::HeaderValue::from_bytes(value.as_bytes()),
+                        ) {
+                            map.append(n, v);
+                        }
+                    }
+                    state.received.lock().unwrap().push(Received {
+                        headers: map,
+                        body: serde_json::from_str(&body).unwrap_or(Value::Null),
+                        raw: body,
+                        answered,
+                        at: std::time::Instant::now(),
+                    });
+                    state.arrived.notify_waiters();
+                    axum::http::StatusCode::from_u16(answered).unwrap()
+                }
+            }),
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Receiver {
+            url: format!("http://{addr}/hook"),
+            addr,
+            shared,
+            stop: Some(stop),
+        }
+    }
+
+    /// Answers every notification from now on with `status`.
+    pub fn answer(&self, status: u16) {
+        self.shared
+            .status
+            .store(status, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Stops listening: notifications fail with a refused connection.
+    pub async fn go_down(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    /// Listens again on the same port.
+    pub async fn come_back(&mut self) {
+        let again = Receiver::bind(self.addr, self.shared.clone()).await;
+        *self = again;
+    }
+
+    /// Everything received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.shared.received.lock().unwrap().clone()
+    }
+
+    /// Waits until `done` holds for what was received (up to `seconds`), then returns it.
+    pub async fn wait_until(
+        &self,
+        seconds: u64,
+        done: impl Fn(&[Received]) -> bool,
+    ) -> Vec<Received> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+        loop {
+            let arrived = self.shared.arrived.notified();
+            let received = self.received();
+            if done(&received) {
+                return received;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                panic!(
+                    "the receiver did not get what was expected within {seconds}s; it got: {:#?}",
+                    received
+                        .iter()
+                        .map(|r| (r.kind(), r.event_numbers(), r.answered))
+                        .collect::<Vec<_>>()
+                );
+            }
+            let _ = tokio::time::timeout(left.min(std::time::Duration::from_millis(200)), arrived)
+                .await;
+        }
     }
 }

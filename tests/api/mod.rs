@@ -12,5 +12,6 @@ mod observation_ops;
 mod openapi;
 mod search;
 mod search_params;
+mod subscription_delivery;
 mod subscriptions;
 mod validation;

@@ -1,5 +1,5 @@
 //! Subscriptions as a client writes them: what is refused at creation, and the status the
-//! server keeps. (Delivery is being built.)
+//! server keeps.
 
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -32,35 +32,32 @@ fn topic_subscription(topic: &str, filter: &str, payload: &str) -> Value {
 
 #[tokio::test]
 async fn the_server_owns_the_status() {
-    let app = spawn_app().await;
-    let created = json_with_status(
-        app.post(
-            "Subscription",
-            &topic_subscription(
-                OBSERVATION_TOPIC,
-                "Observation?patient=Patient/1",
-                "id-only",
-            ),
-        )
-        .await,
-        201,
-    )
-    .await;
+    let app = spawn_app_with(|config| config.outbound_allow = vec!["127.0.0.1".into()]).await;
+    let receiver = Receiver::start().await;
+    let mut body = topic_subscription(
+        OBSERVATION_TOPIC,
+        "Observation?patient=Patient/1",
+        "id-only",
+    );
+    body["channel"]["endpoint"] = json!(receiver.url);
+    let created = json_with_status(app.post("Subscription", &body).await, 201).await;
     assert_eq!(
         created["status"], "requested",
-        "a new subscription is requested"
+        "a new subscription is requested, whatever the client sent"
     );
     let id = created["id"].as_str().unwrap().to_string();
+    receiver.wait_until(10, |r| !r.is_empty()).await;
+    let active = wait_until_status(&app, &id, "active").await;
 
-    // A client cannot make it active; it can switch it off and ask for it again.
-    let mut update = created.clone();
-    update["status"] = json!("active");
+    // A client cannot set error or active; it can switch it off and ask for it again.
+    let mut update = active.clone();
+    update["status"] = json!("error");
     let stored = json_with_status(app.put(&format!("Subscription/{id}"), &update).await, 200).await;
-    assert_eq!(stored["status"], "requested");
+    assert_eq!(stored["status"], "active");
     update["status"] = json!("off");
     let stored = json_with_status(app.put(&format!("Subscription/{id}"), &update).await, 200).await;
     assert_eq!(stored["status"], "off");
-    let patch = json!([{"op": "replace", "path": "/status", "value": "active"}]);
+    let patch = json!([{"op": "replace", "path": "/status", "value": "error"}]);
     let response = app
         .request(Method::PATCH, &format!("Subscription/{id}"))
         .header("Content-Type", "application/json-patch+json")
@@ -69,11 +66,33 @@ async fn the_server_owns_the_status() {
         .await
         .unwrap();
     assert_eq!(json_with_status(response, 200).await["status"], "off");
-    update["status"] = json!("requested");
-    let stored = json_with_status(app.put(&format!("Subscription/{id}"), &update).await, 200).await;
-    assert_eq!(stored["status"], "requested");
-    let read = json_with_status(app.get(&format!("Subscription/{id}")).await, 200).await;
-    assert_eq!(read["status"], "requested");
+    // Asking for it again (as active or requested) means a new handshake.
+    let patch = json!([{"op": "replace", "path": "/status", "value": "active"}]);
+    let response = app
+        .request(Method::PATCH, &format!("Subscription/{id}"))
+        .header("Content-Type", "application/json-patch+json")
+        .body(patch.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_with_status(response, 200).await["status"], "requested");
+    receiver
+        .wait_until(10, |r| {
+            r.iter().filter(|n| n.kind() == "handshake").count() == 2
+        })
+        .await;
+    wait_until_status(&app, &id, "active").await;
+}
+
+async fn wait_until_status(app: &TestApp, id: &str, status: &str) -> Value {
+    for _ in 0..200 {
+        let stored = json_with_status(app.get(&format!("Subscription/{id}")).await, 200).await;
+        if stored["status"] == status {
+            return stored;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("Subscription/{id} did not become {status}");
 }
 
 #[tokio::test]

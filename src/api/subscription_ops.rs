@@ -1,0 +1,264 @@
+//! The Subscription operations of the Subscriptions R5 Backport IG: `$status` (the
+//! current state of subscriptions, as status `Parameters` in a searchset Bundle) and
+//! `$events` (a notification Bundle replaying stored events by number, so a client that
+//! was unreachable can catch up).
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::{json, Value as Json};
+
+use super::extract::BaseUrl;
+use super::respond::fhir_json;
+use super::AppState;
+use crate::error::{FhirError, FhirResult};
+use crate::store::time::now_micros;
+use crate::subscriptions::notification::{
+    notification_bundle, status_parameters, Change, Event, NotificationType, SubscriptionState,
+};
+use crate::subscriptions::outbox::{self, DeliveryState};
+use crate::subscriptions::request::{Delivery, PayloadContent};
+
+/// Most events one `$events` call returns; ask again from the next number for more.
+pub const MAX_EVENTS_PER_CALL: i64 = 1000;
+
+/// The stored Subscription (404/410 otherwise) and its delivery state.
+async fn subscription(state: &AppState, id: &str) -> FhirResult<(Json, DeliveryState)> {
+    let stored = state.store.read("Subscription", id).await?;
+    let content = match stored {
+        None => {
+            return Err(FhirError::not_found(format!(
+                "Subscription/{id} does not exist"
+            )))
+        }
+        Some(s) if s.deleted => {
+            return Err(FhirError::gone(format!("Subscription/{id} was deleted")))
+        }
+        Some(s) => s.content.unwrap_or(Json::Null),
+    };
+    let delivery = outbox::state(state.store.connection(), id)
+        .await?
+        .ok_or_else(|| FhirError::internal("a Subscription without delivery state"))?;
+    Ok((content, delivery))
+}
+
+fn status_entry(base: &str, id: &str, content: &Json, delivery: &DeliveryState) -> Json {
+    let settings = Delivery::of(content);
+    let status = content["status"].as_str().unwrap_or("requested");
+    let parameters = status_parameters(
+        base,
+        &SubscriptionState {
+            id,
+            topic: settings.topic.as_deref(),
+            status,
+            events_since_start: delivery.events_since_start,
+            error: delivery.last_error.as_deref(),
+        },
+        NotificationType::QueryStatus,
+        &[],
+        PayloadContent::Empty,
+    );
+    json!({
+        "fullUrl": format!("urn:uuid:{}", uuid::Uuid::new_v4()),
+        "resource": parameters,
+        "search": {"mode": "match"}
+    })
+}
+
+fn searchset(entries: Vec<Json>) -> Json {
+    json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "type": "searchset",
+        "total": entries.len(),
+        "entry": entries
+    })
+}
+
+/// `GET [base]/Subscription/[id]/$status`
+#[utoipa::path(
+    get, path = "/fhir/Subscription/{id}/$status", tag = "Subscriptions",
+    params(("id" = String, Path, description = "Subscription id")),
+    responses(
+        (status = 200, description = "searchset Bundle with the subscription status (Parameters, profile backport-subscription-status-r4): status, topic, events since start, last error", content_type = "application/fhir+json"),
+        (status = 404, description = "No such Subscription", content_type = "application/fhir+json"),
+    )
+)]
+pub async fn status(
+    State(state): State<AppState>,
+    base: BaseUrl,
+    Path(id): Path<String>,
+) -> FhirResult<Response> {
+    let (content, delivery) = subscription(&state, &id).await?;
+    let bundle = searchset(vec![status_entry(&base.0, &id, &content, &delivery)]);
+    Ok(fhir_json(StatusCode::OK, &bundle))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StatusQuery {
+    /// Comma-separated subscription ids (repeatable).
+    id: Option<String>,
+}
+
+/// `GET [base]/Subscription/$status?id=…`
+#[utoipa::path(
+    get, path = "/fhir/Subscription/$status", tag = "Subscriptions",
+    params(("id" = String, Query, description = "Subscription ids, comma-separated")),
+    responses(
+        (status = 200, description = "searchset Bundle with one status Parameters per subscription", content_type = "application/fhir+json"),
+        (status = 400, description = "No id given", content_type = "application/fhir+json"),
+        (status = 404, description = "A Subscription does not exist", content_type = "application/fhir+json"),
+    )
+)]
+pub async fn status_of_many(
+    State(state): State<AppState>,
+    base: BaseUrl,
+    Query(query): Query<StatusQuery>,
+) -> FhirResult<Response> {
+    let ids: Vec<String> = query
+        .id
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    if ids.is_empty() {
+        return Err(FhirError::bad_request(
+            "give the subscriptions as id=…, e.g. Subscription/$status?id=123,456",
+        ));
+    }
+    if ids.len() > 100 {
+        return Err(FhirError::bad_request(
+            "at most 100 subscriptions per $status request",
+        ));
+    }
+    let mut entries = Vec::with_capacity(ids.len());
+    for id in &ids {
+        let (content, delivery) = subscription(&state, id).await?;
+        entries.push(status_entry(&base.0, id, &content, &delivery));
+    }
+    Ok(fhir_json(StatusCode::OK, &searchset(entries)))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EventsQuery {
+    #[serde(rename = "eventsSinceNumber")]
+    events_since_number: Option<String>,
+    #[serde(rename = "eventsUntilNumber")]
+    events_until_number: Option<String>,
+    content: Option<String>,
+}
+
+fn event_number(name: &str, text: Option<&str>) -> FhirResult<Option<i64>> {
+    match text {
+        None => Ok(None),
+        Some(text) => text
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .map(Some)
+            .ok_or_else(|| {
+                FhirError::bad_request(format!(
+                    "{name}={text:?} is not an event number (a whole number, 1 for the first event)"
+                ))
+            }),
+    }
+}
+
+/// `GET [base]/Subscription/[id]/$events`
+#[utoipa::path(
+    get, path = "/fhir/Subscription/{id}/$events", tag = "Subscriptions",
+    params(
+        ("id" = String, Path, description = "Subscription id"),
+        ("eventsSinceNumber" = Option<String>, Query, description = "First event number to return (inclusive); default: the oldest", example = "1"),
+        ("eventsUntilNumber" = Option<String>, Query, description = "Last event number to return (inclusive); default: the newest. At most 1000 events per call"),
+        ("content" = Option<String>, Query, description = "empty, id-only or full-resource; default: the subscription's payload content"),
+    ),
+    responses(
+        (status = 200, description = "history Bundle (notification type query-event): the status Parameters, then the events' resources as the content asks", content_type = "application/fhir+json"),
+        (status = 400, description = "A malformed event number or content code", content_type = "application/fhir+json"),
+        (status = 404, description = "No such Subscription", content_type = "application/fhir+json"),
+    )
+)]
+pub async fn events(
+    State(state): State<AppState>,
+    base: BaseUrl,
+    Path(id): Path<String>,
+    Query(query): Query<EventsQuery>,
+) -> FhirResult<Response> {
+    let (content, delivery) = subscription(&state, &id).await?;
+    let settings = Delivery::of(&content);
+    let payload = match query.content.as_deref() {
+        None => settings.content,
+        Some("empty") => PayloadContent::Empty,
+        Some("id-only") => PayloadContent::IdOnly,
+        Some("full-resource") => PayloadContent::FullResource,
+        Some(other) => {
+            return Err(FhirError::bad_request(format!(
+                "content={other:?} is not a payload content; use empty, id-only or full-resource"
+            )))
+        }
+    };
+    let since = event_number("eventsSinceNumber", query.events_since_number.as_deref())?
+        .unwrap_or(1)
+        .max(1);
+    let until = event_number("eventsUntilNumber", query.events_until_number.as_deref())?
+        .unwrap_or(delivery.events_since_start)
+        .min(delivery.events_since_start);
+    let stored = if since <= until {
+        outbox::events(
+            state.store.connection(),
+            &id,
+            since,
+            until,
+            MAX_EVENTS_PER_CALL as u64,
+        )
+        .await?
+    } else {
+        Vec::new()
+    };
+    let mut events = Vec::with_capacity(stored.len());
+    for event in stored {
+        let resource = if payload == PayloadContent::FullResource && event.change != "delete" {
+            state
+                .store
+                .vread(&event.resource_type, &event.resource_id, event.version_id)
+                .await?
+                .and_then(|v| v.content)
+        } else {
+            None
+        };
+        events.push(Event {
+            number: event.number,
+            timestamp_micros: event.occurred,
+            resource_type: event.resource_type,
+            id: event.resource_id,
+            version_id: event.version_id,
+            change: match event.change.as_str() {
+                "create" => Change::Created,
+                "delete" => Change::Deleted,
+                _ => Change::Updated,
+            },
+            resource,
+        });
+    }
+    let bundle = notification_bundle(
+        &base.0,
+        &SubscriptionState {
+            id: &id,
+            topic: settings.topic.as_deref(),
+            status: content["status"].as_str().unwrap_or("requested"),
+            events_since_start: delivery.events_since_start,
+            error: delivery.last_error.as_deref(),
+        },
+        NotificationType::QueryEvent,
+        &events,
+        payload,
+        now_micros(),
+    );
+    Ok(fhir_json(StatusCode::OK, &bundle))
+}

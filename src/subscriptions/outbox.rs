@@ -1,0 +1,396 @@
+//! The subscription outbox, written inside the transaction of the resource change: a
+//! change commits together with its events, or neither does, so a restart or a crash can
+//! never lose an event nor announce a change that did not happen.
+//!
+//! Two hooks run from `store::versions::write_version`: [`subscription_written`] keeps
+//! the delivery state of a written Subscription (`subscription_state`), and
+//! [`record_events`] gives each live subscription a change triggers its next event
+//! number and queues the event row.
+
+use sea_orm::{ConnectionTrait, DbBackend, Value};
+use serde_json::Value as Json;
+
+use super::registry::{Change, Decision, EntryCache};
+use super::request::{take_signing_secret, Delivery};
+use super::topics::Interaction;
+use crate::error::{FhirError, FhirResult};
+use crate::fhir::outcome::IssueCode;
+use crate::search::criteria::{condition, conjunction};
+use crate::store::sql::statement;
+use crate::store::versions::read_version;
+use crate::store::write_txn::{Table, WriteTxn};
+
+/// One event of one subscription.
+pub static SUBSCRIPTION_EVENTS: Table = Table {
+    name: "subscription_events",
+    columns: &[
+        ("subscription_id", "text"),
+        ("event_number", "bigint"),
+        ("occurred", "bigint"),
+        ("resource_type", "text"),
+        ("resource_id", "text"),
+        ("version_id", "bigint"),
+        ("change", "text"),
+    ],
+};
+
+/// Prepares a Subscription about to be stored: checks its endpoint against the
+/// operator's outbound policy and takes its signing secret out of the content. Returns
+/// the secret change for [`subscription_written`].
+pub fn prepare_subscription(
+    conn: &WriteTxn<'_>,
+    content: &mut Json,
+) -> FhirResult<Option<Option<String>>> {
+    if let (Some(registry), Some(endpoint)) = (
+        conn.subscriptions(),
+        content["channel"]["endpoint"].as_str(),
+    ) {
+        if content["channel"]["type"] == "rest-hook" {
+            registry
+                .policy
+                .check_endpoint(endpoint)
+                .map_err(|refusal| {
+                    FhirError::unprocessable(IssueCode::Security, refusal.0)
+                        .at("Subscription.channel.endpoint")
+                })?;
+        }
+    }
+    Ok(take_signing_secret(content))
+}
+
+/// Keeps `subscription_state` in step with a Subscription version just written
+/// (`content` is `None` for a deletion). A subscription asked for again (`requested`)
+/// starts over with a handshake and a clean retry schedule; its event numbers go on.
+pub async fn subscription_written(
+    conn: &WriteTxn<'_>,
+    id: &str,
+    content: Option<&Json>,
+    secret: Option<Option<String>>,
+) -> FhirResult<()> {
+    let backend = conn.get_database_backend();
+    let status = content
+        .and_then(|c| c["status"].as_str())
+        .unwrap_or("off")
+        .to_string();
+    let delivery = content.map(Delivery::of);
+    let channel = delivery
+        .as_ref()
+        .map(|d| d.channel.clone())
+        .unwrap_or_default();
+    let heartbeat = delivery.as_ref().map_or(0, |d| d.heartbeat_seconds) as i64;
+    let stored = conn
+        .query_one_raw(statement(
+            backend,
+            "SELECT status FROM subscription_state WHERE subscription_id = ?",
+            vec![id.into()],
+        ))
+        .await?;
+    match stored {
+        None => {
+            let secret = secret.flatten();
+            conn.execute_raw(statement(
+                backend,
+                "INSERT INTO subscription_state (subscription_id, status, channel, \
+                 heartbeat_seconds, signing_secret) VALUES (?, ?, ?, ?, ?)",
+                vec![
+                    id.into(),
+                    status.into(),
+                    channel.into(),
+                    heartbeat.into(),
+                    secret.into(),
+                ],
+            ))
+            .await?;
+        }
+        Some(row) => {
+            let before: String = row.try_get("", "status")?;
+            let restart = status == "requested" && before != "requested";
+            let mut sql = String::from(
+                "UPDATE subscription_state SET status = ?, channel = ?, heartbeat_seconds = ?",
+            );
+            let mut values: Vec<Value> = vec![status.into(), channel.into(), heartbeat.into()];
+            if let Some(secret) = secret {
+                sql.push_str(", signing_secret = ?");
+                values.push(secret.into());
+            }
+            if restart {
+                sql.push_str(
+                    ", handshake_pending = ?, failures = 0, failing_since = NULL, \
+                     next_attempt_at = 0, last_error = NULL",
+                );
+                values.push(true.into());
+            }
+            sql.push_str(" WHERE subscription_id = ?");
+            values.push(id.into());
+            conn.execute_raw(statement(backend, &sql, values)).await?;
+        }
+    }
+    conn.subscriptions_changed().await;
+    Ok(())
+}
+
+/// Records the events a resource change causes: one per live subscription it triggers,
+/// numbered in that subscription's sequence.
+#[allow(clippy::too_many_arguments)]
+pub async fn record_events(
+    conn: &WriteTxn<'_>,
+    resource_type: &str,
+    id: &str,
+    version_id: i64,
+    interaction: Interaction,
+    current: Option<&Json>,
+    occurred: i64,
+) -> FhirResult<()> {
+    let Some(registry) = conn.subscriptions().cloned() else {
+        return Ok(());
+    };
+    let candidates = registry.candidates(resource_type);
+    if candidates.is_empty() {
+        return Ok(());
+    }
+    // The version replaced: for `%previous`, and for filters on what was deleted.
+    let previous =
+        if version_id > 1 && (current.is_none() || registry.needs_previous(resource_type)) {
+            read_version(conn, resource_type, id, version_id - 1)
+                .await?
+                .and_then(|v| v.content)
+        } else {
+            None
+        };
+    let change = Change {
+        resource_type,
+        interaction,
+        current,
+        previous: previous.as_ref(),
+    };
+    let mut entries = EntryCache::default();
+    let mut triggered: Vec<String> = Vec::new();
+    for subscription in candidates {
+        match subscription.decide(&change, &mut entries) {
+            Decision::No => {}
+            Decision::Yes => triggered.push(subscription.id.clone()),
+            Decision::Probe(criteria) => {
+                if row_matches(conn, resource_type, id, &criteria).await? {
+                    triggered.push(subscription.id.clone());
+                }
+            }
+        }
+    }
+    if triggered.is_empty() {
+        return Ok(());
+    }
+    triggered.sort_unstable();
+    triggered.dedup();
+    let backend = conn.get_database_backend();
+    let list = vec!["?"; triggered.len()].join(", ");
+    // On PostgreSQL the rows are locked in id order first: concurrent writers (of this
+    // instance and others) then wait for each other instead of deadlocking.
+    let rows = if backend == DbBackend::Postgres {
+        format!(
+            "SELECT subscription_id FROM subscription_state WHERE subscription_id IN ({list}) \
+             ORDER BY subscription_id FOR UPDATE"
+        )
+    } else {
+        list
+    };
+    let numbered = conn
+        .query_changing(statement(
+            backend,
+            &format!(
+                "UPDATE subscription_state SET events_since_start = events_since_start + 1 \
+                 WHERE subscription_id IN ({rows}) AND status IN ('requested', 'active', 'error') \
+                 RETURNING subscription_id, events_since_start"
+            ),
+            triggered.into_iter().map(Value::from).collect(),
+        ))
+        .await?;
+    let change_code = match interaction {
+        Interaction::Create => "create",
+        Interaction::Update => "update",
+        Interaction::Delete => "delete",
+    };
+    for row in &numbered {
+        let subscription_id: String = row.try_get("", "subscription_id")?;
+        let number: i64 = row.try_get("", "events_since_start")?;
+        conn.defer(
+            &SUBSCRIPTION_EVENTS,
+            vec![
+                subscription_id.into(),
+                number.into(),
+                occurred.into(),
+                resource_type.into(),
+                id.into(),
+                version_id.into(),
+                change_code.into(),
+            ],
+        )
+        .await;
+    }
+    if !numbered.is_empty() {
+        conn.events_recorded().await;
+    }
+    Ok(())
+}
+
+/// Whether the stored resource matches search criteria the registry could not decide in
+/// memory (run on the transaction, so it sees the version just written).
+async fn row_matches(
+    conn: &WriteTxn<'_>,
+    resource_type: &str,
+    id: &str,
+    criteria: &[(String, String)],
+) -> FhirResult<bool> {
+    let mut conditions = Vec::new();
+    for (name, value) in criteria {
+        // Checked when the subscription was written; one that no longer parses (a
+        // SearchParameter since removed) matches nothing rather than failing the write.
+        match condition(resource_type, name, value) {
+            Ok(found) => conditions.extend(found),
+            Err(_) => return Ok(false),
+        }
+    }
+    let (filter, filter_values) = conjunction(conditions);
+    let mut values: Vec<Value> = vec![resource_type.into(), id.into(), false.into()];
+    values.extend(filter_values);
+    let backend = conn.get_database_backend();
+    let sql = format!(
+        "SELECT 1 AS hit FROM resources r WHERE r.resource_type = ? AND r.id = ? \
+         AND r.deleted = ?{filter}"
+    );
+    let found = conn.query_one_raw(statement(backend, &sql, values)).await?;
+    Ok(found.is_some())
+}
+
+/// The events of a subscription numbered `from..=to`, oldest first, at most `limit`.
+pub async fn events(
+    conn: &impl ConnectionTrait,
+    subscription_id: &str,
+    from: i64,
+    to: i64,
+    limit: u64,
+) -> FhirResult<Vec<StoredEvent>> {
+    let backend = conn.get_database_backend();
+    let rows = conn
+        .query_all_raw(statement(
+            backend,
+            "SELECT event_number, occurred, resource_type, resource_id, version_id, change \
+             FROM subscription_events WHERE subscription_id = ? AND event_number >= ? \
+             AND event_number <= ? ORDER BY event_number LIMIT ?",
+            vec![
+                subscription_id.into(),
+                from.into(),
+                to.into(),
+                (limit as i64).into(),
+            ],
+        ))
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(StoredEvent {
+                number: row.try_get("", "event_number")?,
+                occurred: row.try_get("", "occurred")?,
+                resource_type: row.try_get("", "resource_type")?,
+                resource_id: row.try_get("", "resource_id")?,
+                version_id: row.try_get("", "version_id")?,
+                change: row.try_get("", "change")?,
+            })
+        })
+        .collect()
+}
+
+/// An event row of the outbox.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub number: i64,
+    pub occurred: i64,
+    pub resource_type: String,
+    pub resource_id: String,
+    pub version_id: i64,
+    /// `create`, `update` or `delete`.
+    pub change: String,
+}
+
+/// Delivery state of one subscription.
+#[derive(Debug, Clone)]
+pub struct DeliveryState {
+    pub subscription_id: String,
+    pub status: String,
+    pub channel: String,
+    pub heartbeat_seconds: i64,
+    pub handshake_pending: bool,
+    pub events_since_start: i64,
+    pub delivered_through: i64,
+    pub failures: i64,
+    pub failing_since: Option<i64>,
+    pub next_attempt_at: i64,
+    pub last_error: Option<String>,
+    pub last_sent_at: i64,
+    pub signing_secret: Option<String>,
+    pub owner: Option<String>,
+    pub lease_until: i64,
+}
+
+const STATE_COLUMNS: &str =
+    "subscription_id, status, channel, heartbeat_seconds, handshake_pending, \
+    events_since_start, delivered_through, failures, failing_since, next_attempt_at, \
+    last_error, last_sent_at, signing_secret, owner, lease_until";
+
+pub async fn state(
+    conn: &impl ConnectionTrait,
+    subscription_id: &str,
+) -> FhirResult<Option<DeliveryState>> {
+    let backend = conn.get_database_backend();
+    let row = conn
+        .query_one_raw(statement(
+            backend,
+            &format!("SELECT {STATE_COLUMNS} FROM subscription_state WHERE subscription_id = ?"),
+            vec![subscription_id.into()],
+        ))
+        .await?;
+    row.map(|row| state_from_row(&row)).transpose()
+}
+
+/// The states of live subscriptions with something to do by `now`: a handshake, events
+/// to send, or a heartbeat due.
+pub async fn due_states(conn: &impl ConnectionTrait, now: i64) -> FhirResult<Vec<DeliveryState>> {
+    let backend = conn.get_database_backend();
+    let rows = conn
+        .query_all_raw(statement(
+            backend,
+            &format!(
+                "SELECT {STATE_COLUMNS} FROM subscription_state \
+                 WHERE status IN ('requested', 'active', 'error') AND ( \
+                   (next_attempt_at <= ? AND (handshake_pending OR delivered_through < events_since_start)) \
+                   OR (status = 'active' AND heartbeat_seconds > 0 \
+                       AND last_sent_at + heartbeat_seconds * 1000000 <= ?))"
+            ),
+            vec![now.into(), now.into()],
+        ))
+        .await?;
+    rows.iter().map(state_from_row).collect()
+}
+
+fn state_from_row(row: &sea_orm::QueryResult) -> FhirResult<DeliveryState> {
+    Ok(DeliveryState {
+        subscription_id: row.try_get("", "subscription_id")?,
+        status: row.try_get("", "status")?,
+        channel: row.try_get("", "channel")?,
+        heartbeat_seconds: row.try_get("", "heartbeat_seconds")?,
+        handshake_pending: row.try_get("", "handshake_pending")?,
+        events_since_start: row.try_get("", "events_since_start")?,
+        delivered_through: row.try_get("", "delivered_through")?,
+        failures: row.try_get::<i32>("", "failures")? as i64,
+        failing_since: row.try_get("", "failing_since")?,
+        next_attempt_at: row.try_get("", "next_attempt_at")?,
+        last_error: row.try_get("", "last_error")?,
+        last_sent_at: row.try_get("", "last_sent_at")?,
+        signing_secret: row.try_get("", "signing_secret")?,
+        owner: row.try_get("", "owner")?,
+        lease_until: row.try_get("", "lease_until")?,
+    })
+}
+
+/// Whether the backend is PostgreSQL (for `NOTIFY`).
+pub fn is_postgres(conn: &impl ConnectionTrait) -> bool {
+    conn.get_database_backend() == DbBackend::Postgres
+}
