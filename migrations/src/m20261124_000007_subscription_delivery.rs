@@ -1,13 +1,16 @@
 //! Subscription delivery: per-subscription state, the event outbox and the attempt log.
 //!
+//! `subscription_events` is the outbox: one row per event, inserted in the same
+//! transaction as the resource change that caused it, and kept after delivery for
+//! `$events`. Its per-subscription `event_number` is given right after the commit, in
+//! `seq` order, by whoever delivers the subscription (so writers never wait on a shared
+//! counter row, and two instances' writers can never deadlock on one).
 //! `subscription_state` mirrors each Subscription's server-owned status and holds what
-//! delivery needs: the last event number given out (`events_since_start`, raised in the
-//! same transaction as the resource change that caused the event), the last number
+//! delivery needs: the last event number given (`events_since_start`), the last one
 //! delivered, the retry schedule, and the lease (`owner`, `lease_until`) of the server
 //! instance delivering it, so several instances sharing one database never send the same
 //! event twice and a dead instance's work is taken over when its lease runs out.
-//! `subscription_events` is the outbox (one row per event, kept after delivery for
-//! `$events`); `subscription_attempts` records every delivery attempt.
+//! `subscription_attempts` records every delivery attempt.
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
 
@@ -38,15 +41,19 @@ CREATE TABLE IF NOT EXISTS subscription_state (
     lease_until BIGINT NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS subscription_events (
+    seq BIGSERIAL PRIMARY KEY,
     subscription_id VARCHAR(64) COLLATE "C" NOT NULL,
-    event_number BIGINT NOT NULL,
+    event_number BIGINT,
     occurred BIGINT NOT NULL,
     resource_type VARCHAR(64) COLLATE "C" NOT NULL,
     resource_id VARCHAR(64) COLLATE "C" NOT NULL,
     version_id BIGINT NOT NULL,
-    change VARCHAR(8) NOT NULL,
-    PRIMARY KEY (subscription_id, event_number)
+    change VARCHAR(8) NOT NULL
 );
+CREATE UNIQUE INDEX IF NOT EXISTS subscription_events_by_number
+    ON subscription_events (subscription_id, event_number);
+CREATE INDEX IF NOT EXISTS subscription_events_unnumbered
+    ON subscription_events (subscription_id, seq) WHERE event_number IS NULL;
 CREATE TABLE IF NOT EXISTS subscription_attempts (
     id BIGSERIAL PRIMARY KEY,
     subscription_id VARCHAR(64) COLLATE "C" NOT NULL,
@@ -82,15 +89,19 @@ CREATE TABLE IF NOT EXISTS subscription_state (
     lease_until INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS subscription_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
     subscription_id TEXT NOT NULL,
-    event_number INTEGER NOT NULL,
+    event_number INTEGER,
     occurred INTEGER NOT NULL,
     resource_type TEXT NOT NULL,
     resource_id TEXT NOT NULL,
     version_id INTEGER NOT NULL,
-    change TEXT NOT NULL,
-    PRIMARY KEY (subscription_id, event_number)
-) WITHOUT ROWID;
+    change TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS subscription_events_by_number
+    ON subscription_events (subscription_id, event_number);
+CREATE INDEX IF NOT EXISTS subscription_events_unnumbered
+    ON subscription_events (subscription_id, seq) WHERE event_number IS NULL;
 CREATE TABLE IF NOT EXISTS subscription_attempts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     subscription_id TEXT NOT NULL,

@@ -23,7 +23,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sea_orm::{ConnectionTrait, Value};
+use futures::future::BoxFuture;
+use sea_orm::{ConnectionTrait, DbErr, TransactionTrait, Value};
 use serde_json::Value as Json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -90,6 +91,94 @@ pub struct Settings {
     pub policy: OutboundPolicy,
 }
 
+/// The connection delivery bookkeeping runs on: on SQLite a job of the shared writer
+/// (one writer for the whole database); on PostgreSQL a short transaction of its own,
+/// which locks a single `subscription_state` row. Bookkeeping never shares a transaction
+/// with resource writes there, so no transaction ever waits for a second state row while
+/// holding one, and instances cannot deadlock each other.
+pub enum Bookkeeping<'a> {
+    Shared(&'a WriteTxn<'a>),
+    Own(&'a sea_orm::DatabaseTransaction),
+}
+
+#[async_trait::async_trait]
+impl ConnectionTrait for Bookkeeping<'_> {
+    fn get_database_backend(&self) -> sea_orm::DbBackend {
+        match self {
+            Bookkeeping::Shared(txn) => txn.get_database_backend(),
+            Bookkeeping::Own(txn) => txn.get_database_backend(),
+        }
+    }
+
+    async fn execute_raw(&self, stmt: sea_orm::Statement) -> Result<sea_orm::ExecResult, DbErr> {
+        match self {
+            Bookkeeping::Shared(txn) => txn.execute_raw(stmt).await,
+            Bookkeeping::Own(txn) => txn.execute_raw(stmt).await,
+        }
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<sea_orm::ExecResult, DbErr> {
+        match self {
+            Bookkeeping::Shared(txn) => txn.execute_unprepared(sql).await,
+            Bookkeeping::Own(txn) => txn.execute_unprepared(sql).await,
+        }
+    }
+
+    async fn query_one_raw(
+        &self,
+        stmt: sea_orm::Statement,
+    ) -> Result<Option<sea_orm::QueryResult>, DbErr> {
+        match self {
+            Bookkeeping::Shared(txn) => txn.query_one_raw(stmt).await,
+            Bookkeeping::Own(txn) => txn.query_one_raw(stmt).await,
+        }
+    }
+
+    async fn query_all_raw(
+        &self,
+        stmt: sea_orm::Statement,
+    ) -> Result<Vec<sea_orm::QueryResult>, DbErr> {
+        match self {
+            Bookkeeping::Shared(txn) => txn.query_all_raw(stmt).await,
+            Bookkeeping::Own(txn) => txn.query_all_raw(stmt).await,
+        }
+    }
+}
+
+type BookkeepingJob<T> =
+    Box<dyn for<'a> FnOnce(&'a Bookkeeping<'a>) -> BoxFuture<'a, FhirResult<T>> + Send>;
+
+/// Runs `work` in a bookkeeping transaction (see [`Bookkeeping`]) and commits it.
+async fn bookkeep<T: Send + 'static>(store: &Store, work: BookkeepingJob<T>) -> FhirResult<T> {
+    if store.backend() == sea_orm::DbBackend::Postgres {
+        let txn = store.connection().begin().await?;
+        let result = {
+            let book = Bookkeeping::Own(&txn);
+            work(&book).await
+        };
+        match result {
+            Ok(value) => {
+                txn.commit().await?;
+                Ok(value)
+            }
+            Err(err) => {
+                let _ = txn.rollback().await;
+                Err(err)
+            }
+        }
+    } else {
+        store
+            .writer()
+            .write(move |txn| {
+                Box::pin(async move {
+                    let book = Bookkeeping::Shared(txn);
+                    work(&book).await
+                })
+            })
+            .await
+    }
+}
+
 /// The running delivery of one server.
 pub struct DeliveryHandle {
     stop: watch::Sender<bool>,
@@ -117,11 +206,9 @@ impl DeliveryHandle {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let instance = self.delivery.settings.instance.clone();
-        let _ = self
-            .delivery
-            .store
-            .writer()
-            .write(move |txn| {
+        let _ = bookkeep(
+            &self.delivery.store,
+            Box::new(move |txn| {
                 Box::pin(async move {
                     let backend = txn.get_database_backend();
                     txn.execute_raw(statement(
@@ -132,8 +219,9 @@ impl DeliveryHandle {
                     .await?;
                     Ok(())
                 })
-            })
-            .await;
+            }),
+        )
+        .await;
     }
 
     /// Stops at once without handing anything back, as a crash would (for tests of the
@@ -303,9 +391,9 @@ impl Deliverer {
         let until = now + self.lease_micros();
         let instance = self.instance().to_string();
         let id = id.to_string();
-        self.store
-            .writer()
-            .write(move |txn| {
+        bookkeep(
+            &self.store,
+            Box::new(move |txn| {
                 Box::pin(async move {
                     let backend = txn.get_database_backend();
                     let result = txn
@@ -324,8 +412,9 @@ impl Deliverer {
                         .await?;
                     Ok(result.rows_affected() == 1)
                 })
-            })
-            .await
+            }),
+        )
+        .await
     }
 
     /// Sends what is due for one subscription, one notification at a time, until nothing
@@ -340,7 +429,18 @@ impl Deliverer {
             if lease_until - now < self.lease_micros() / 2 && !self.claim(id).await? {
                 return Ok(());
             }
-            let Some(state) = outbox::state(self.store.connection(), id).await? else {
+            let owned_id = id.to_string();
+            let state = bookkeep(
+                &self.store,
+                Box::new(move |conn| {
+                    Box::pin(async move {
+                        outbox::number_events(conn, &owned_id).await?;
+                        outbox::state(conn, &owned_id).await
+                    })
+                }),
+            )
+            .await?;
+            let Some(state) = state else {
                 return Ok(());
             };
             if !is_live(&state.status) || state.channel != "rest-hook" {
@@ -600,11 +700,27 @@ impl Deliverer {
                 self.instance().into(),
             ],
         };
-        let recorded = self
-            .store
-            .writer()
-            .write(move |txn| Box::pin(async move { job.apply(txn).await }))
-            .await?;
+        let (id, from, to, error) = (
+            job.id.clone(),
+            job.status_from.clone(),
+            job.status_to,
+            job.last_error.clone(),
+        );
+        let recorded = bookkeep(
+            &self.store,
+            Box::new(move |conn| Box::pin(async move { job.apply(conn).await })),
+        )
+        .await?;
+        if recorded && from != to {
+            // A version of the Subscription: written like any resource (it may trigger
+            // subscriptions itself), after the bookkeeping committed.
+            self.store
+                .writer()
+                .write(move |txn| {
+                    Box::pin(async move { set_status(txn, &id, &from, to, error.as_deref()).await })
+                })
+                .await?;
+        }
         if recorded && ok {
             for event in events {
                 self.metrics.event_delivered(now - event.occurred);
@@ -656,7 +772,7 @@ struct Recorded {
 }
 
 impl Recorded {
-    async fn apply(self, txn: &WriteTxn<'_>) -> FhirResult<bool> {
+    async fn apply(self, txn: &impl ConnectionTrait) -> FhirResult<bool> {
         let backend = txn.get_database_backend();
         let mut sql = String::from(
             "UPDATE subscription_state SET lease_until = ?, delivered_through = ?, failures = ?, \
@@ -688,17 +804,22 @@ impl Recorded {
         if updated.rows_affected() != 1 {
             return Ok(false);
         }
-        txn.defer(&SUBSCRIPTION_ATTEMPTS, self.attempt).await;
-        if self.status_from != self.status_to {
-            set_status(
-                txn,
-                &self.id,
-                &self.status_from,
-                self.status_to,
-                self.last_error.as_deref(),
-            )
-            .await?;
-        }
+        let names: Vec<&str> = SUBSCRIPTION_ATTEMPTS
+            .columns
+            .iter()
+            .map(|(n, _)| *n)
+            .collect();
+        txn.execute_raw(statement(
+            backend,
+            &format!(
+                "INSERT INTO {} ({}) VALUES ({})",
+                SUBSCRIPTION_ATTEMPTS.name,
+                names.join(", "),
+                vec!["?"; names.len()].join(", ")
+            ),
+            self.attempt,
+        ))
+        .await?;
         Ok(true)
     }
 }

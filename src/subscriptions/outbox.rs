@@ -20,12 +20,11 @@ use crate::store::sql::statement;
 use crate::store::versions::read_version;
 use crate::store::write_txn::{Table, WriteTxn};
 
-/// One event of one subscription.
+/// One event of one subscription (numbered later, see [`number_events`]).
 pub static SUBSCRIPTION_EVENTS: Table = Table {
     name: "subscription_events",
     columns: &[
         ("subscription_id", "text"),
-        ("event_number", "bigint"),
         ("occurred", "bigint"),
         ("resource_type", "text"),
         ("resource_id", "text"),
@@ -181,42 +180,16 @@ pub async fn record_events(
     }
     triggered.sort_unstable();
     triggered.dedup();
-    let backend = conn.get_database_backend();
-    let list = vec!["?"; triggered.len()].join(", ");
-    // On PostgreSQL the rows are locked in id order first: concurrent writers (of this
-    // instance and others) then wait for each other instead of deadlocking.
-    let rows = if backend == DbBackend::Postgres {
-        format!(
-            "SELECT subscription_id FROM subscription_state WHERE subscription_id IN ({list}) \
-             ORDER BY subscription_id FOR UPDATE"
-        )
-    } else {
-        list
-    };
-    let numbered = conn
-        .query_changing(statement(
-            backend,
-            &format!(
-                "UPDATE subscription_state SET events_since_start = events_since_start + 1 \
-                 WHERE subscription_id IN ({rows}) AND status IN ('requested', 'active', 'error') \
-                 RETURNING subscription_id, events_since_start"
-            ),
-            triggered.into_iter().map(Value::from).collect(),
-        ))
-        .await?;
     let change_code = match interaction {
         Interaction::Create => "create",
         Interaction::Update => "update",
         Interaction::Delete => "delete",
     };
-    for row in &numbered {
-        let subscription_id: String = row.try_get("", "subscription_id")?;
-        let number: i64 = row.try_get("", "events_since_start")?;
+    for subscription_id in triggered {
         conn.defer(
             &SUBSCRIPTION_EVENTS,
             vec![
                 subscription_id.into(),
-                number.into(),
                 occurred.into(),
                 resource_type.into(),
                 id.into(),
@@ -226,10 +199,58 @@ pub async fn record_events(
         )
         .await;
     }
-    if !numbered.is_empty() {
-        conn.events_recorded().await;
-    }
+    conn.events_recorded().await;
     Ok(())
+}
+
+/// Most events numbered in one go.
+const NUMBERING_BATCH: i64 = 5000;
+
+/// Gives the subscription's recorded, not yet numbered events the next event numbers, in
+/// the order they were recorded, and raises `events_since_start` by as many. Runs in its
+/// own short transaction after the changes committed: the state row is locked first, so
+/// two numberings of one subscription take turns and a number is never given twice.
+pub async fn number_events(conn: &impl ConnectionTrait, subscription_id: &str) -> FhirResult<i64> {
+    let backend = conn.get_database_backend();
+    let lock = if backend == DbBackend::Postgres {
+        " FOR UPDATE"
+    } else {
+        ""
+    };
+    let Some(row) = conn
+        .query_one_raw(statement(
+            backend,
+            &format!(
+                "SELECT events_since_start FROM subscription_state WHERE subscription_id = ?{lock}"
+            ),
+            vec![subscription_id.into()],
+        ))
+        .await?
+    else {
+        return Ok(0);
+    };
+    let last: i64 = row.try_get("", "events_since_start")?;
+    let numbered = conn
+        .execute_raw(statement(
+            backend,
+            "UPDATE subscription_events SET event_number = ? + n.rn FROM ( \
+               SELECT seq, row_number() OVER (ORDER BY seq) AS rn FROM subscription_events \
+               WHERE subscription_id = ? AND event_number IS NULL ORDER BY seq LIMIT ?) AS n \
+             WHERE subscription_events.seq = n.seq",
+            vec![last.into(), subscription_id.into(), NUMBERING_BATCH.into()],
+        ))
+        .await?
+        .rows_affected() as i64;
+    if numbered > 0 {
+        conn.execute_raw(statement(
+            backend,
+            "UPDATE subscription_state SET events_since_start = events_since_start + ? \
+             WHERE subscription_id = ?",
+            vec![numbered.into(), subscription_id.into()],
+        ))
+        .await?;
+    }
+    Ok(numbered)
 }
 
 /// Whether the stored resource matches search criteria the registry could not decide in
@@ -362,7 +383,10 @@ pub async fn due_states(conn: &impl ConnectionTrait, now: i64) -> FhirResult<Vec
                  WHERE status IN ('requested', 'active', 'error') AND ( \
                    (next_attempt_at <= ? AND (handshake_pending OR delivered_through < events_since_start)) \
                    OR (status = 'active' AND heartbeat_seconds > 0 \
-                       AND last_sent_at + heartbeat_seconds * 1000000 <= ?))"
+                       AND last_sent_at + heartbeat_seconds * 1000000 <= ?) \
+                   OR EXISTS (SELECT 1 FROM subscription_events e \
+                       WHERE e.subscription_id = subscription_state.subscription_id \
+                       AND e.event_number IS NULL))"
             ),
             vec![now.into(), now.into()],
         ))

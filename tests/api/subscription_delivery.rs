@@ -618,7 +618,11 @@ async fn two_instances_on_postgresql_deliver_each_event_once_and_take_over() {
 
     // Normal operation: writes through both instances, each event delivered once, in order.
     for value in 0..20 {
-        let base = if value % 2 == 0 { &app.base } else { &second_base };
+        let base = if value % 2 == 0 {
+            &app.base
+        } else {
+            &second_base
+        };
         let response = app
             .client
             .post(format!("{base}/Observation"))
