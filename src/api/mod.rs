@@ -60,6 +60,11 @@ pub fn fhir_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(subscription_ops::status_of_many))
         .routes(routes!(subscription_ops::status))
         .routes(routes!(subscription_ops::events))
+        .routes(routes!(
+            subscription_ops::ws_binding_token,
+            subscription_ops::ws_binding_token_get
+        ))
+        .routes(routes!(subscription_ops::ws_binding_token_many))
         .routes(routes!(reindex::reindex_type))
         .routes(routes!(crud::read, crud::update, crud::patch, crud::delete))
         .routes(routes!(validate::validate_instance))
@@ -112,6 +117,10 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", axum::routing::get(health))
         .route("/readyz", axum::routing::get(ready))
         .route("/metrics", axum::routing::get(metrics))
+        .route(
+            "/fhir/$subscription-ws",
+            axum::routing::get(subscription_ops::websocket),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(negotiate::check_accept))

@@ -262,3 +262,120 @@ pub async fn events(
     );
     Ok(fhir_json(StatusCode::OK, &bundle))
 }
+
+/// The websocket URL of this server, from its FHIR base URL.
+fn websocket_url(base: &str) -> String {
+    let ws_base = if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        base.to_string()
+    };
+    format!("{ws_base}/$subscription-ws")
+}
+
+async fn binding_token(state: &AppState, base: &str, ids: Vec<String>) -> FhirResult<Response> {
+    for id in &ids {
+        let (content, _) = subscription(state, id).await?;
+        if content["channel"]["type"] != "websocket" {
+            return Err(FhirError::unprocessable(
+                crate::fhir::outcome::IssueCode::Processing,
+                format!("Subscription/{id} has a {} channel; binding tokens are for websocket subscriptions",
+                    content["channel"]["type"].as_str().unwrap_or("missing")),
+            ));
+        }
+    }
+    let (token, expires) = crate::subscriptions::websocket::issue_token(&state.store, ids.clone());
+    let mut parameters = vec![
+        json!({"name": "token", "valueString": token}),
+        json!({"name": "expiration", "valueDateTime": crate::store::time::instant(expires)}),
+    ];
+    for id in &ids {
+        parameters.push(json!({"name": "subscription", "valueString": id}));
+    }
+    parameters.push(json!({"name": "websocket-url", "valueUrl": websocket_url(base)}));
+    Ok(fhir_json(
+        StatusCode::OK,
+        &json!({"resourceType": "Parameters", "parameter": parameters}),
+    ))
+}
+
+/// `POST [base]/Subscription/[id]/$get-ws-binding-token`
+#[utoipa::path(
+    post, path = "/fhir/Subscription/{id}/$get-ws-binding-token", tag = "Subscriptions",
+    params(("id" = String, Path, description = "Subscription id (a websocket subscription)")),
+    responses(
+        (status = 200, description = "Parameters: token, expiration (five minutes), subscription, websocket-url. Open the websocket URL and send `bind-with-token: <token>`", content_type = "application/fhir+json"),
+        (status = 404, description = "No such Subscription", content_type = "application/fhir+json"),
+        (status = 422, description = "Not a websocket subscription", content_type = "application/fhir+json"),
+    )
+)]
+pub async fn ws_binding_token(
+    State(state): State<AppState>,
+    base: BaseUrl,
+    Path(id): Path<String>,
+) -> FhirResult<Response> {
+    binding_token(&state, &base.0, vec![id]).await
+}
+
+/// `GET [base]/Subscription/[id]/$get-ws-binding-token`
+#[utoipa::path(
+    get, path = "/fhir/Subscription/{id}/$get-ws-binding-token", tag = "Subscriptions",
+    params(("id" = String, Path, description = "Subscription id (a websocket subscription)")),
+    responses(
+        (status = 200, description = "Parameters: token, expiration, subscription, websocket-url", content_type = "application/fhir+json"),
+        (status = 404, description = "No such Subscription", content_type = "application/fhir+json"),
+    )
+)]
+pub async fn ws_binding_token_get(
+    State(state): State<AppState>,
+    base: BaseUrl,
+    Path(id): Path<String>,
+) -> FhirResult<Response> {
+    binding_token(&state, &base.0, vec![id]).await
+}
+
+/// `POST [base]/Subscription/$get-ws-binding-token?id=…`
+#[utoipa::path(
+    post, path = "/fhir/Subscription/$get-ws-binding-token", tag = "Subscriptions",
+    params(("id" = String, Query, description = "Websocket subscription ids, comma-separated")),
+    responses(
+        (status = 200, description = "Parameters: one token for all the subscriptions", content_type = "application/fhir+json"),
+        (status = 400, description = "No id given", content_type = "application/fhir+json"),
+    )
+)]
+pub async fn ws_binding_token_many(
+    State(state): State<AppState>,
+    base: BaseUrl,
+    Query(query): Query<StatusQuery>,
+) -> FhirResult<Response> {
+    let ids: Vec<String> = query
+        .id
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    if ids.is_empty() || ids.len() > 100 {
+        return Err(FhirError::bad_request(
+            "give one to 100 websocket subscriptions as id=…, e.g. Subscription/$get-ws-binding-token?id=123,456",
+        ));
+    }
+    binding_token(&state, &base.0, ids).await
+}
+
+/// `GET [base]/$subscription-ws`: the websocket channel (see `subscriptions::websocket`).
+pub async fn websocket(
+    State(state): State<AppState>,
+    base: BaseUrl,
+    upgrade: axum::extract::ws::WebSocketUpgrade,
+) -> Response {
+    let store = state.store.clone();
+    let metrics = state.metrics.clone();
+    upgrade.on_upgrade(move |socket| {
+        crate::subscriptions::websocket::serve(socket, store, metrics, base.0)
+    })
+}

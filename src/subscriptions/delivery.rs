@@ -145,11 +145,14 @@ impl ConnectionTrait for Bookkeeping<'_> {
     }
 }
 
-type BookkeepingJob<T> =
+pub(crate) type BookkeepingJob<T> =
     Box<dyn for<'a> FnOnce(&'a Bookkeeping<'a>) -> BoxFuture<'a, FhirResult<T>> + Send>;
 
 /// Runs `work` in a bookkeeping transaction (see [`Bookkeeping`]) and commits it.
-async fn bookkeep<T: Send + 'static>(store: &Store, work: BookkeepingJob<T>) -> FhirResult<T> {
+pub(crate) async fn bookkeep<T: Send + 'static>(
+    store: &Store,
+    work: BookkeepingJob<T>,
+) -> FhirResult<T> {
     if store.backend() == sea_orm::DbBackend::Postgres {
         let txn = store.connection().begin().await?;
         let result = {
@@ -355,6 +358,7 @@ impl Deliverer {
         let due = outbox::due_states(self.store.connection(), now).await?;
         for state in due {
             if state.channel != "rest-hook" {
+                self.clone().number_for_websockets(state.subscription_id);
                 continue;
             }
             let mine = state.owner.as_deref() == Some(self.instance());
@@ -383,6 +387,44 @@ impl Deliverer {
             });
         }
         Ok(())
+    }
+
+    /// Numbers a websocket subscription's new events and wakes the connections bound to
+    /// it (numbering needs no lease: the state row lock orders concurrent numberings).
+    fn number_for_websockets(self: Arc<Self>, id: String) {
+        {
+            let Ok(mut in_flight) = self.in_flight.lock() else {
+                return;
+            };
+            if !in_flight.insert(id.clone()) {
+                return;
+            }
+        }
+        tokio::spawn(async move {
+            let owned = id.clone();
+            let numbered = bookkeep(
+                &self.store,
+                Box::new(move |conn| {
+                    Box::pin(async move { outbox::number_events(conn, &owned).await })
+                }),
+            )
+            .await;
+            if let Ok(mut in_flight) = self.in_flight.lock() {
+                in_flight.remove(&id);
+            }
+            match numbered {
+                Ok(n) if n > 0 => {
+                    self.store
+                        .subscriptions()
+                        .numbered
+                        .send_modify(|count| *count += 1);
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(subscription = %id, "cannot number events: {}", err.message())
+                }
+            }
+        });
     }
 
     /// Takes or renews the lease of a subscription; false when another instance holds it.
@@ -826,7 +868,7 @@ impl Recorded {
 
 /// Writes a new version of the Subscription with the status the server gave it (and the
 /// R4 `error` element), unless the client changed its status meanwhile.
-async fn set_status(
+pub(crate) async fn set_status(
     txn: &WriteTxn<'_>,
     id: &str,
     from: &str,

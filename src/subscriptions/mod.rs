@@ -10,9 +10,11 @@
 //! - `notification`: the notification Bundles.
 //! - `delivery`: the workers that send notifications (rest-hook), with retries, leases
 //!   shared between server instances, heartbeats and the attempt log.
+//! - `websocket`: the websocket channel (`bind-with-token`).
 pub mod delivery;
 pub mod notification;
 pub mod outbox;
 pub mod registry;
 pub mod request;
 pub mod topics;
+pub mod websocket;

@@ -371,8 +371,9 @@ pub async fn state(
     row.map(|row| state_from_row(&row)).transpose()
 }
 
-/// The states of live subscriptions with something to do by `now`: a handshake, events
-/// to send, or a heartbeat due.
+/// The states of live subscriptions with something to do by `now`: events to number,
+/// and for rest-hooks a handshake, events to send, or a heartbeat due. (A websocket
+/// subscription sends on its bound connections, see `websocket`.)
 pub async fn due_states(conn: &impl ConnectionTrait, now: i64) -> FhirResult<Vec<DeliveryState>> {
     let backend = conn.get_database_backend();
     let rows = conn
@@ -381,8 +382,9 @@ pub async fn due_states(conn: &impl ConnectionTrait, now: i64) -> FhirResult<Vec
             &format!(
                 "SELECT {STATE_COLUMNS} FROM subscription_state \
                  WHERE status IN ('requested', 'active', 'error') AND ( \
-                   (next_attempt_at <= ? AND (handshake_pending OR delivered_through < events_since_start)) \
-                   OR (status = 'active' AND heartbeat_seconds > 0 \
+                   (channel = 'rest-hook' AND next_attempt_at <= ? \
+                       AND (handshake_pending OR delivered_through < events_since_start)) \
+                   OR (channel = 'rest-hook' AND status = 'active' AND heartbeat_seconds > 0 \
                        AND last_sent_at + heartbeat_seconds * 1000000 <= ?) \
                    OR EXISTS (SELECT 1 FROM subscription_events e \
                        WHERE e.subscription_id = subscription_state.subscription_id \

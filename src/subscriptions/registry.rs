@@ -380,20 +380,35 @@ fn reference_is(want: &str, target_type: Option<&str>, target_id: Option<&str>, 
 }
 
 /// The live subscriptions of one server, and the signal that new events are waiting.
-#[derive(Default)]
 pub struct Registry {
     by_type: RwLock<Arc<HashMap<String, Vec<Arc<LiveSubscription>>>>>,
     /// Where subscription endpoints may point (checked when a Subscription is written).
     pub policy: crate::outbound::OutboundPolicy,
     /// Woken after a commit that recorded events, or changed a subscription.
     pub wake: Notify,
+    /// Raised whenever events were numbered on this instance: wakes the websocket
+    /// connections bound to subscriptions.
+    pub numbered: tokio::sync::watch::Sender<u64>,
+    /// Websocket binding tokens given out by this instance.
+    pub ws_tokens: std::sync::Mutex<HashMap<String, WsToken>>,
+}
+
+/// A token for `bind-with-token`, valid for some subscriptions until `expires`.
+#[derive(Debug, Clone)]
+pub struct WsToken {
+    pub subscriptions: Vec<String>,
+    /// Microseconds since the Unix epoch.
+    pub expires: i64,
 }
 
 impl Registry {
     pub fn new(policy: crate::outbound::OutboundPolicy) -> Registry {
         Registry {
+            by_type: Default::default(),
             policy,
-            ..Registry::default()
+            wake: Notify::new(),
+            numbered: tokio::sync::watch::Sender::new(0),
+            ws_tokens: Default::default(),
         }
     }
 
@@ -682,7 +697,7 @@ mod tests {
         let mut off = topic_subscription("observation", &[]);
         off["status"] = json!("off");
         assert!(LiveSubscription::compile(&off).is_none());
-        let registry = Registry::default();
+        let registry = Registry::new(Default::default());
         registry.install(&[
             topic_subscription("observation", &[]),
             topic_subscription("resource-change", &[]),

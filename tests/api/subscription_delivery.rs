@@ -693,3 +693,143 @@ async fn two_instances_on_postgresql_deliver_each_event_once_and_take_over() {
     }
     second.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn websocket_clients_bind_with_a_token_and_receive_handshake_events_and_heartbeats() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let app = spawn_app().await;
+    let mut body = subscription(
+        "",
+        "observation",
+        &["Observation?patient=p1"],
+        "full-resource",
+    );
+    body["channel"] = json!({
+        "type": "websocket",
+        "payload": "application/fhir+json",
+        "_payload": {"extension": [{
+            "url": format!("{BACKPORT}backport-payload-content"), "valueCode": "full-resource"
+        }]},
+        "extension": [{"url": format!("{BACKPORT}backport-heartbeat-period"), "valueUnsignedInt": 1}]
+    });
+    let id = subscribe(&app, &body).await;
+    let rest_hook = subscribe(
+        &app,
+        &subscription("https://ehr.example.org/hook", "observation", &[], "empty"),
+    )
+    .await;
+    let refused = json_with_status(
+        app.post(
+            &format!("Subscription/{rest_hook}/$get-ws-binding-token"),
+            &json!({}),
+        )
+        .await,
+        422,
+    )
+    .await;
+    assert!(outcome_text(&refused).contains("websocket"));
+
+    let token = json_with_status(
+        app.post(
+            &format!("Subscription/{id}/$get-ws-binding-token"),
+            &json!({}),
+        )
+        .await,
+        200,
+    )
+    .await;
+    let value = |name: &str| {
+        token["parameter"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    let url = value("websocket-url")["valueUrl"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(url.starts_with("ws://"), "{url}");
+    assert_eq!(value("subscription")["valueString"], id.as_str());
+    let (mut socket, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+
+    async fn next_bundle(
+        socket: &mut (impl StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
+                  + Unpin),
+    ) -> Value {
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+                .await
+                .expect("a message within 10s")
+                .expect("open")
+                .expect("message");
+            if let Message::Text(text) = message {
+                return serde_json::from_str(&text).unwrap();
+            }
+        }
+    }
+    fn kind(bundle: &Value) -> String {
+        bundle["entry"][0]["resource"]["parameter"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == "type"))
+            .and_then(|p| p["valueCode"].as_str())
+            .unwrap_or("(none)")
+            .to_string()
+    }
+
+    socket
+        .send(Message::Text("bind-with-token: wrong".into()))
+        .await
+        .unwrap();
+    let error = next_bundle(&mut socket).await;
+    assert_eq!(error["resourceType"], "OperationOutcome");
+    assert!(error.to_string().contains("unknown binding token"));
+
+    let token_text = value("token")["valueString"].as_str().unwrap().to_string();
+    socket
+        .send(Message::Text(
+            format!("bind-with-token: {token_text}").into(),
+        ))
+        .await
+        .unwrap();
+    let handshake = next_bundle(&mut socket).await;
+    assert_eq!(kind(&handshake), "handshake");
+    wait_for_status(&app, &id, "active", 10).await;
+
+    let observation = app.create(&heart_rate("Patient/p1", 77)).await;
+    app.create(&heart_rate("Patient/p2", 78)).await;
+    let notification = loop {
+        let bundle = next_bundle(&mut socket).await;
+        if kind(&bundle) == "event-notification" {
+            break bundle;
+        }
+        assert_eq!(kind(&bundle), "heartbeat");
+    };
+    assert_eq!(
+        notification["entry"][1]["resource"]["id"],
+        observation["id"]
+    );
+    let heartbeat = loop {
+        let bundle = next_bundle(&mut socket).await;
+        assert_ne!(
+            kind(&bundle),
+            "event-notification",
+            "only p1's Observation: {bundle}"
+        );
+        if kind(&bundle) == "heartbeat" {
+            break bundle;
+        }
+    };
+    assert_eq!(heartbeat["type"], "history");
+    let status = json_with_status(app.get(&format!("Subscription/{id}/$status")).await, 200).await;
+    assert!(
+        status.to_string().contains("\"valueString\":\"1\""),
+        "{status}"
+    );
+}
