@@ -13,8 +13,12 @@ use super::respond::fhir_json;
 use super::AppState;
 use crate::fhir::definitions::Definitions;
 use crate::search::params::{ParamType, SearchParams};
+use crate::subscriptions::topics::Topics;
 
 pub const FHIR_VERSION: &str = "4.0.1";
+
+/// Backport IG: a topic the server supports, on the CapabilityStatement's Subscription.
+const TOPIC_CANONICAL_EXTENSION: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/capabilitystatement-subscriptiontopic-canonical";
 
 /// Interactions every resource type supports.
 const TYPE_INTERACTIONS: &[&str] = &[
@@ -61,7 +65,27 @@ pub fn capability_statement() -> Json {
                     "definition": "http://hl7.org/fhir/OperationDefinition/Observation-stats"
                 }));
             }
-            json!({
+            let mut extensions = Vec::new();
+            if resource_type.as_str() == "Subscription" {
+                // Backport IG: the topics a client may subscribe to, and its operations.
+                for topic in Topics::get().all() {
+                    extensions.push(json!({
+                        "url": TOPIC_CANONICAL_EXTENSION,
+                        "valueCanonical": topic.url
+                    }));
+                }
+                for (name, definition) in [
+                    ("status", "backport-subscription-status"),
+                    ("events", "backport-subscription-events"),
+                    ("get-ws-binding-token", "backport-subscription-get-ws-binding-token"),
+                ] {
+                    operations.push(json!({
+                        "name": name,
+                        "definition": format!("http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/{definition}")
+                    }));
+                }
+            }
+            let mut entry = json!({
                 "type": resource_type,
                 "profile": format!("http://hl7.org/fhir/StructureDefinition/{resource_type}"),
                 "interaction": TYPE_INTERACTIONS.iter().map(|code| json!({"code": code})).collect::<Vec<_>>(),
@@ -74,7 +98,11 @@ pub fn capability_statement() -> Json {
                 "conditionalDelete": "single",
                 "searchParam": search_params,
                 "operation": operations
-            })
+            });
+            if !extensions.is_empty() {
+                entry["extension"] = Json::Array(extensions);
+            }
+            entry
         })
         .collect();
     json!({
@@ -85,6 +113,9 @@ pub fn capability_statement() -> Json {
         "kind": "instance",
         "software": {"name": "fhirgate", "version": env!("CARGO_PKG_VERSION")},
         "implementation": {"description": "fhirgate FHIR R4 server for connected medical devices"},
+        "instantiates": [
+            "http://hl7.org/fhir/uv/subscriptions-backport/CapabilityStatement/backport-subscription-server-r4"
+        ],
         "fhirVersion": FHIR_VERSION,
         "format": ["application/fhir+json", "json"],
         "patchFormat": ["application/json-patch+json"],

@@ -65,6 +65,8 @@ pub fn fhir_routes() -> OpenApiRouter<AppState> {
             subscription_ops::ws_binding_token_get
         ))
         .routes(routes!(subscription_ops::ws_binding_token_many))
+        .routes(routes!(subscription_ops::topics))
+        .routes(routes!(subscription_ops::topic))
         .routes(routes!(reindex::reindex_type))
         .routes(routes!(crud::read, crud::update, crud::patch, crud::delete))
         .routes(routes!(validate::validate_instance))

@@ -379,3 +379,47 @@ pub async fn websocket(
         crate::subscriptions::websocket::serve(socket, store, metrics, base.0)
     })
 }
+
+/// `GET [base]/SubscriptionTopic`: the topics this server offers, as R4B-style
+/// SubscriptionTopic resources (the form the Backport IG uses to describe topics to R4
+/// clients; R4 has no such resource type, so they are read-only here).
+#[utoipa::path(
+    get, path = "/fhir/SubscriptionTopic", tag = "Subscriptions",
+    responses((status = 200, description = "searchset Bundle of the SubscriptionTopic definitions (R4B form): triggers, and the filters each topic accepts (canFilterBy)", content_type = "application/fhir+json"))
+)]
+pub async fn topics(base: BaseUrl) -> Response {
+    let entries: Vec<Json> = crate::subscriptions::topics::Topics::get()
+        .definitions()
+        .iter()
+        .map(|topic| {
+            json!({
+                "fullUrl": format!("{}/SubscriptionTopic/{}", base.0, topic["id"].as_str().unwrap_or_default()),
+                "resource": topic,
+                "search": {"mode": "match"}
+            })
+        })
+        .collect();
+    fhir_json(StatusCode::OK, &searchset(entries))
+}
+
+/// `GET [base]/SubscriptionTopic/[id]`
+#[utoipa::path(
+    get, path = "/fhir/SubscriptionTopic/{id}", tag = "Subscriptions",
+    params(("id" = String, Path, description = "Topic id, e.g. observation")),
+    responses(
+        (status = 200, description = "The SubscriptionTopic definition (R4B form)", content_type = "application/fhir+json"),
+        (status = 404, description = "No such topic", content_type = "application/fhir+json"),
+    )
+)]
+pub async fn topic(Path(id): Path<String>) -> FhirResult<Response> {
+    crate::subscriptions::topics::Topics::get()
+        .definitions()
+        .iter()
+        .find(|t| t["id"] == id.as_str())
+        .map(|t| fhir_json(StatusCode::OK, t))
+        .ok_or_else(|| {
+            FhirError::not_found(format!(
+                "SubscriptionTopic/{id} does not exist; GET SubscriptionTopic lists the topics"
+            ))
+        })
+}

@@ -165,3 +165,60 @@ async fn unsupported_requests_are_refused_at_creation() {
     let bundle = json_with_status(app.get("Subscription?_summary=count").await, 200).await;
     assert_eq!(bundle["total"], 0);
 }
+
+#[tokio::test]
+async fn topics_are_discoverable() {
+    let app = spawn_app().await;
+    let statement = json_with_status(app.get("metadata").await, 200).await;
+    assert!(statement["instantiates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|u| u
+            .as_str()
+            .unwrap()
+            .contains("backport-subscription-server-r4")));
+    let subscription = statement["rest"][0]["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "Subscription")
+        .unwrap();
+    let topics: Vec<&str> = subscription["extension"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["url"]
+                .as_str()
+                .unwrap()
+                .ends_with("capabilitystatement-subscriptiontopic-canonical")
+        })
+        .map(|e| e["valueCanonical"].as_str().unwrap())
+        .collect();
+    assert_eq!(topics.len(), 5);
+    assert!(topics.contains(&OBSERVATION_TOPIC));
+    let operations: Vec<&str> = subscription["operation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    for name in ["status", "events", "get-ws-binding-token"] {
+        assert!(operations.contains(&name), "{operations:?}");
+    }
+
+    let listed = json_with_status(app.get("SubscriptionTopic").await, 200).await;
+    assert_eq!(listed["total"], 5);
+    let observation = json_with_status(app.get("SubscriptionTopic/observation").await, 200).await;
+    assert_eq!(observation["url"], OBSERVATION_TOPIC);
+    let filters: Vec<&str> = observation["canFilterBy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["filterParameter"].as_str().unwrap())
+        .collect();
+    assert_eq!(filters, vec!["patient", "code", "category", "device"]);
+    let missing = json_with_status(app.get("SubscriptionTopic/nope").await, 404).await;
+    assert!(outcome_text(&missing).contains("SubscriptionTopic"));
+}
