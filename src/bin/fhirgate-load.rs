@@ -7,6 +7,8 @@
 //! fhirgate-load --base http://127.0.0.1:8080/fhir --seed-observations 1000000 --patients 1000
 //! # any GET, {patient} replaced by a random seeded patient number
 //! fhirgate-load --scenario query --query 'Observation?patient=Patient/bench-p{patient}&_count=50'
+//! # subscription notifications: 100 rest-hook subscriptions, 1,000 writes/s, 30 s
+//! fhirgate-load --scenario notify --subscriptions 100 --rate 1000 --seconds 30
 //! ```
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,6 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
+
+#[path = "load/notify.rs"]
+mod notify;
 use serde_json::json;
 
 #[derive(Parser, Clone)]
@@ -59,6 +64,12 @@ struct Args {
         default_value = "Observation?patient=Patient/bench-p{patient}&_count=50"
     )]
     query: String,
+    /// `notify`: subscriptions to create (one patient each).
+    #[arg(long, default_value_t = 100)]
+    subscriptions: u64,
+    /// `notify`: Observation writes per second.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -71,6 +82,8 @@ enum Scenario {
     Search,
     /// GET the --query URL.
     Query,
+    /// Write-to-receipt latency of subscription notifications (see `load/notify.rs`).
+    Notify,
 }
 
 struct Totals {
@@ -86,6 +99,22 @@ async fn main() {
         .timeout(Duration::from_secs(30))
         .build()
         .expect("HTTP client");
+    if args.scenario == Scenario::Notify {
+        let report = notify::run(
+            &client,
+            &notify::Settings {
+                base: args.base.clone(),
+                subscriptions: args.subscriptions,
+                rate: args.rate,
+                seconds: args.seconds,
+                max_in_flight: args.clients.max(1),
+                token: args.token.clone(),
+            },
+        )
+        .await;
+        println!("{report}");
+        return;
+    }
     if let Some(observations) = args.seed_observations {
         seed(&client, &args, observations).await;
         if !args.then_run {
@@ -125,7 +154,7 @@ async fn main() {
                     Scenario::Create => create(&client, &args, worker, n).await,
                     Scenario::Read => read(&client, &args, &ids, worker, n).await,
                     Scenario::Search => search(&client, &args, worker, n).await,
-                    Scenario::Query => query(&client, &args, worker, n).await,
+                    Scenario::Query | Scenario::Notify => query(&client, &args, worker, n).await,
                 };
                 let elapsed = started.elapsed();
                 if !measuring.load(Ordering::Relaxed) {
@@ -182,6 +211,7 @@ async fn main() {
                     Scenario::Read => "read",
                     Scenario::Search => "search",
                     Scenario::Query => "query",
+                    Scenario::Notify => "notify",
                 },
                 "clients": args.clients, "seconds": elapsed, "ok": ok, "errors": errors,
                 "per_second": throughput, "p50_ms": pct(50.0), "p95_ms": pct(95.0), "p99_ms": pct(99.0),

@@ -91,6 +91,14 @@ impl<'a> WriteTxn<'a> {
         (state.subscriptions_changed, state.events_recorded)
     }
 
+    /// A statement that changes data and returns rows (`UPDATE … RETURNING`): like any
+    /// change, it runs inside the job's savepoint, so a failed job undoes it.
+    pub async fn query_changing(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        let mut state = self.state.lock().await;
+        self.settle(&mut state).await?;
+        self.txn.query_all_raw(stmt).await
+    }
+
     /// Queues a row for a multi-row INSERT into `table`.
     pub async fn defer(&self, table: &'static Table, values: Vec<Value>) {
         debug_assert_eq!(values.len(), table.columns.len());

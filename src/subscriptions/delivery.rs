@@ -56,6 +56,8 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// First retry delay; doubled per failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// How long a worker with nothing to send waits for more before it ends.
+const IDLE_WORKER: Duration = Duration::from_secs(2);
 /// How long a resolved and checked endpoint is reused before it is resolved again.
 const CLIENT_REUSE: Duration = Duration::from_secs(60);
 
@@ -245,6 +247,8 @@ pub struct Deliverer {
     metrics: Arc<Metrics>,
     /// Subscriptions with a worker running on this instance.
     in_flight: Mutex<HashSet<String>>,
+    /// How to tell a running worker that its subscription has something due.
+    pokes: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
     /// Checked endpoints: (URL, client, when checked).
     clients: Mutex<HashMap<String, (reqwest::Client, Instant)>>,
     abandoned: std::sync::atomic::AtomicBool,
@@ -258,6 +262,7 @@ pub fn start(store: Store, settings: Settings, metrics: Arc<Metrics>) -> Deliver
         settings,
         metrics,
         in_flight: Mutex::new(HashSet::new()),
+        pokes: Mutex::new(HashMap::new()),
         clients: Mutex::new(HashMap::new()),
         abandoned: std::sync::atomic::AtomicBool::new(false),
     });
@@ -370,14 +375,30 @@ impl Deliverer {
                     continue;
                 };
                 if !in_flight.insert(state.subscription_id.clone()) {
+                    // Its worker is running: tell it there is more.
+                    if let Some(poke) = self
+                        .pokes
+                        .lock()
+                        .ok()
+                        .and_then(|p| p.get(&state.subscription_id).cloned())
+                    {
+                        poke.notify_one();
+                    }
                     continue;
                 }
+            }
+            let poke = Arc::new(tokio::sync::Notify::new());
+            if let Ok(mut pokes) = self.pokes.lock() {
+                pokes.insert(state.subscription_id.clone(), poke.clone());
             }
             let worker = self.clone();
             tokio::spawn(async move {
                 let id = state.subscription_id.clone();
-                if let Err(err) = worker.clone().work(&id).await {
+                if let Err(err) = worker.clone().work(&state, &poke).await {
                     tracing::warn!(subscription = %id, "delivery stopped: {}", err.message());
+                }
+                if let Ok(mut pokes) = worker.pokes.lock() {
+                    pokes.remove(&id);
                 }
                 if let Ok(mut in_flight) = worker.in_flight.lock() {
                     in_flight.remove(&id);
@@ -429,87 +450,95 @@ impl Deliverer {
 
     /// Takes or renews the lease of a subscription; false when another instance holds it.
     async fn claim(&self, id: &str) -> FhirResult<bool> {
-        let now = now_micros();
-        let until = now + self.lease_micros();
-        let instance = self.instance().to_string();
+        let (instance, lease) = (self.instance().to_string(), self.lease_micros());
         let id = id.to_string();
         bookkeep(
             &self.store,
-            Box::new(move |txn| {
-                Box::pin(async move {
-                    let backend = txn.get_database_backend();
-                    let result = txn
-                        .execute_raw(statement(
-                            backend,
-                            "UPDATE subscription_state SET owner = ?, lease_until = ? \
-                             WHERE subscription_id = ? AND (owner IS NULL OR owner = ? OR lease_until < ?)",
-                            vec![
-                                instance.clone().into(),
-                                until.into(),
-                                id.into(),
-                                instance.into(),
-                                now.into(),
-                            ],
-                        ))
-                        .await?;
-                    Ok(result.rows_affected() == 1)
-                })
-            }),
+            Box::new(move |conn| Box::pin(async move { claim_in(conn, &id, &instance, lease).await })),
         )
         .await
     }
 
     /// Sends what is due for one subscription, one notification at a time, until nothing
-    /// is due or the lease is lost.
-    async fn work(self: Arc<Self>, id: &str) -> FhirResult<()> {
-        let mut lease_until = 0i64;
+    /// is due or the lease is lost. `known` is the state the dispatcher read: when this
+    /// instance holds the lease for a while yet, it is not taken again.
+    async fn work(
+        self: Arc<Self>,
+        known: &DeliveryState,
+        poke: &tokio::sync::Notify,
+    ) -> FhirResult<()> {
+        let id = known.subscription_id.as_str();
+        let started = now_micros();
+        let must_claim = known.owner.as_deref() != Some(self.instance())
+            || known.lease_until - started < self.lease_micros() / 2;
+        let mut lease_until = if must_claim {
+            started + self.lease_micros()
+        } else {
+            known.lease_until
+        };
+        let (owned_id, instance, lease) = (id.to_string(), self.instance().to_string(), self.lease_micros());
+        // Take the lease (if needed), number the new events and read the state at once.
+        let mut state = bookkeep(
+            &self.store,
+            Box::new(move |conn| {
+                Box::pin(async move {
+                    if must_claim && !claim_in(conn, &owned_id, &instance, lease).await? {
+                        return Ok(None);
+                    }
+                    outbox::number_events(conn, &owned_id).await?;
+                    outbox::state(conn, &owned_id).await
+                })
+            }),
+        )
+        .await?;
+        // The Subscription as last read, re-read when its status changes.
+        let mut subscription: Option<(String, Json, Delivery)> = None;
+        let mut busy_at = Instant::now();
         loop {
-            if self.abandoned.load(std::sync::atomic::Ordering::SeqCst) {
+            let Some(current) = state.take() else {
+                return Ok(());
+            };
+            if self.abandoned.load(std::sync::atomic::Ordering::SeqCst)
+                || !is_live(&current.status)
+                || current.channel != "rest-hook"
+            {
                 return Ok(());
             }
             let now = now_micros();
             if lease_until - now < self.lease_micros() / 2 && !self.claim(id).await? {
                 return Ok(());
             }
-            let owned_id = id.to_string();
-            let state = bookkeep(
-                &self.store,
-                Box::new(move |conn| {
-                    Box::pin(async move {
-                        outbox::number_events(conn, &owned_id).await?;
-                        outbox::state(conn, &owned_id).await
-                    })
-                }),
-            )
-            .await?;
-            let Some(state) = state else {
-                return Ok(());
-            };
-            if !is_live(&state.status) || state.channel != "rest-hook" {
-                return Ok(());
+            if subscription
+                .as_ref()
+                .is_none_or(|(status, _, _)| *status != current.status)
+            {
+                let Some(content) = self
+                    .store
+                    .read("Subscription", id)
+                    .await?
+                    .and_then(|s| s.content)
+                else {
+                    return Ok(());
+                };
+                let settings = Delivery::of(&content);
+                subscription = Some((current.status.clone(), content, settings));
             }
-            let Some(subscription) = self
-                .store
-                .read("Subscription", id)
-                .await?
-                .and_then(|s| s.content)
-            else {
+            let Some((_, content, settings)) = subscription.as_ref() else {
                 return Ok(());
             };
-            let settings = Delivery::of(&subscription);
-            let heartbeat_due = state.status == "active"
-                && state.heartbeat_seconds > 0
-                && state.last_sent_at + state.heartbeat_seconds * 1_000_000 <= now;
-            let retry_due = state.next_attempt_at <= now;
-            let (kind, events) = if state.handshake_pending && retry_due {
+            let heartbeat_due = current.status == "active"
+                && current.heartbeat_seconds > 0
+                && current.last_sent_at + current.heartbeat_seconds * 1_000_000 <= now;
+            let retry_due = current.next_attempt_at <= now;
+            let (kind, events) = if current.handshake_pending && retry_due {
                 (NotificationType::Handshake, Vec::new())
-            } else if state.delivered_through < state.events_since_start && retry_due {
+            } else if current.delivered_through < current.events_since_start && retry_due {
                 let limit = settings.max_count.unwrap_or(DEFAULT_MAX_COUNT).max(1);
                 let events = outbox::events(
                     self.store.connection(),
                     id,
-                    state.delivered_through + 1,
-                    state.events_since_start,
+                    current.delivered_through + 1,
+                    current.events_since_start,
                     limit,
                 )
                 .await?;
@@ -520,15 +549,50 @@ impl Deliverer {
             } else if heartbeat_due {
                 (NotificationType::Heartbeat, Vec::new())
             } else {
-                return Ok(());
+                // Nothing due: stay a moment for more (a busy subscription then costs no
+                // new worker per event), until its next retry or heartbeat at the latest.
+                let idle_left = IDLE_WORKER.saturating_sub(busy_at.elapsed());
+                if idle_left.is_zero() {
+                    return Ok(());
+                }
+                let mut wait = idle_left;
+                for due_at in [
+                    (current.delivered_through < current.events_since_start
+                        || current.handshake_pending)
+                        .then_some(current.next_attempt_at),
+                    (current.status == "active" && current.heartbeat_seconds > 0)
+                        .then(|| current.last_sent_at + current.heartbeat_seconds * 1_000_000),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    let until = Duration::from_micros((due_at - now).max(0) as u64);
+                    wait = wait.min(until);
+                }
+                let _ = tokio::time::timeout(wait, poke.notified()).await;
+                let owned_id = id.to_string();
+                state = if self.store.backend() == sea_orm::DbBackend::Postgres {
+                    bookkeep(
+                        &self.store,
+                        Box::new(move |conn| {
+                            Box::pin(async move {
+                                outbox::number_events(conn, &owned_id).await?;
+                                outbox::state(conn, &owned_id).await
+                            })
+                        }),
+                    )
+                    .await?
+                } else {
+                    outbox::state(self.store.connection(), &owned_id).await?
+                };
+                continue;
             };
+            busy_at = Instant::now();
             let outcome = self
-                .send(&state, &subscription, &settings, kind, &events)
+                .send(&current, content, settings, kind, &events)
                 .await;
-            let recorded = self.record(&state, kind, &events, outcome).await?;
-            if !recorded {
-                return Ok(()); // the lease went to another instance
-            }
+            // None: the lease went to another instance.
+            state = self.record(&current, kind, &events, outcome).await?;
             lease_until = now_micros() + self.lease_micros();
         }
     }
@@ -681,7 +745,7 @@ impl Deliverer {
         kind: NotificationType,
         events: &[StoredEvent],
         outcome: Outcome,
-    ) -> FhirResult<bool> {
+    ) -> FhirResult<Option<DeliveryState>> {
         let metric_kind = match kind {
             NotificationType::Handshake => NotificationKind::Handshake,
             NotificationType::Heartbeat => NotificationKind::Heartbeat,
@@ -748,12 +812,27 @@ impl Deliverer {
             job.status_to,
             job.last_error.clone(),
         );
-        let recorded = bookkeep(
+        // The outcome, and the events recorded meanwhile, in one transaction.
+        let next = bookkeep(
             &self.store,
-            Box::new(move |conn| Box::pin(async move { job.apply(conn).await })),
+            Box::new(move |conn| {
+                Box::pin(async move {
+                    let id = job.id.clone();
+                    let Some(state) = job.apply(conn).await? else {
+                        return Ok(None);
+                    };
+                    if outbox::number_events(conn, &id).await? > 0 {
+                        return outbox::state(conn, &id).await;
+                    }
+                    Ok(Some(state))
+                })
+            }),
         )
         .await?;
-        if recorded && from != to {
+        let Some(mut next) = next else {
+            return Ok(None);
+        };
+        if from != to {
             // A version of the Subscription: written like any resource (it may trigger
             // subscriptions itself), after the bookkeeping committed.
             self.store
@@ -762,13 +841,17 @@ impl Deliverer {
                     Box::pin(async move { set_status(txn, &id, &from, to, error.as_deref()).await })
                 })
                 .await?;
+            match outbox::state(self.store.connection(), &next.subscription_id).await? {
+                Some(fresh) => next = fresh,
+                None => return Ok(None),
+            }
         }
-        if recorded && ok {
+        if ok {
             for event in events {
                 self.metrics.event_delivered(now - event.occurred);
             }
         }
-        Ok(recorded)
+        Ok(Some(next))
     }
 }
 
@@ -814,8 +897,10 @@ struct Recorded {
 }
 
 impl Recorded {
-    async fn apply(self, txn: &impl ConnectionTrait) -> FhirResult<bool> {
-        let backend = txn.get_database_backend();
+    /// Applies the outcome and returns the state after it, or `None` when the lease or
+    /// the subscription's status changed meanwhile (nothing is recorded then).
+    async fn apply(self, conn: &Bookkeeping<'_>) -> FhirResult<Option<DeliveryState>> {
+        let backend = conn.get_database_backend();
         let mut sql = String::from(
             "UPDATE subscription_state SET lease_until = ?, delivered_through = ?, failures = ?, \
              failing_since = ?, next_attempt_at = ?, last_error = ?",
@@ -838,32 +923,67 @@ impl Recorded {
         }
         // Only while this instance holds the lease, and only for the subscription as it
         // was when the notification was built (not one the client re-requested since).
-        sql.push_str(" WHERE subscription_id = ? AND owner = ? AND status = ?");
+        sql.push_str(" WHERE subscription_id = ? AND owner = ? AND status = ? RETURNING ");
+        sql.push_str(outbox::STATE_COLUMNS);
         values.push(self.id.as_str().into());
         values.push(self.instance.as_str().into());
         values.push(self.status_from.as_str().into());
-        let updated = txn.execute_raw(statement(backend, &sql, values)).await?;
-        if updated.rows_affected() != 1 {
-            return Ok(false);
+        let stmt = statement(backend, &sql, values);
+        let rows = match conn {
+            Bookkeeping::Shared(txn) => txn.query_changing(stmt).await?,
+            Bookkeeping::Own(txn) => txn.query_all_raw(stmt).await?,
+        };
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let state = outbox::state_from_row(row)?;
+        match conn {
+            // With the other rows of the shared commit, as one multi-row INSERT.
+            Bookkeeping::Shared(txn) => txn.defer(&SUBSCRIPTION_ATTEMPTS, self.attempt).await,
+            Bookkeeping::Own(txn) => {
+                let names: Vec<&str> = SUBSCRIPTION_ATTEMPTS.columns.iter().map(|(n, _)| *n).collect();
+                txn.execute_raw(statement(
+                    backend,
+                    &format!(
+                        "INSERT INTO {} ({}) VALUES ({})",
+                        SUBSCRIPTION_ATTEMPTS.name,
+                        names.join(", "),
+                        vec!["?"; names.len()].join(", ")
+                    ),
+                    self.attempt,
+                ))
+                .await?;
+            }
         }
-        let names: Vec<&str> = SUBSCRIPTION_ATTEMPTS
-            .columns
-            .iter()
-            .map(|(n, _)| *n)
-            .collect();
-        txn.execute_raw(statement(
+        Ok(Some(state))
+    }
+}
+
+/// Takes or renews the lease of subscription `id` for `instance`, unless another
+/// instance holds an unexpired one.
+async fn claim_in(
+    conn: &impl ConnectionTrait,
+    id: &str,
+    instance: &str,
+    lease_micros: i64,
+) -> FhirResult<bool> {
+    let now = now_micros();
+    let backend = conn.get_database_backend();
+    let result = conn
+        .execute_raw(statement(
             backend,
-            &format!(
-                "INSERT INTO {} ({}) VALUES ({})",
-                SUBSCRIPTION_ATTEMPTS.name,
-                names.join(", "),
-                vec!["?"; names.len()].join(", ")
-            ),
-            self.attempt,
+            "UPDATE subscription_state SET owner = ?, lease_until = ? \
+             WHERE subscription_id = ? AND (owner IS NULL OR owner = ? OR lease_until < ?)",
+            vec![
+                instance.into(),
+                (now + lease_micros).into(),
+                id.into(),
+                instance.into(),
+                now.into(),
+            ],
         ))
         .await?;
-        Ok(true)
-    }
+    Ok(result.rows_affected() == 1)
 }
 
 /// Writes a new version of the Subscription with the status the server gave it (and the

@@ -25,6 +25,7 @@ pub static SUBSCRIPTION_EVENTS: Table = Table {
     name: "subscription_events",
     columns: &[
         ("subscription_id", "text"),
+        ("event_number", "bigint"),
         ("occurred", "bigint"),
         ("resource_type", "text"),
         ("resource_id", "text"),
@@ -185,11 +186,39 @@ pub async fn record_events(
         Interaction::Update => "update",
         Interaction::Delete => "delete",
     };
-    for subscription_id in triggered {
+    let backend = conn.get_database_backend();
+    // SQLite has a single writer, so the events are numbered here, in the transaction of
+    // the change. PostgreSQL numbers them after the commit (`number_events`): there
+    // writers of several instances would otherwise wait on each other's counter rows.
+    let numbered: Vec<(String, Option<i64>)> = if backend == DbBackend::Sqlite {
+        let rows = conn
+            .query_changing(statement(
+                backend,
+                &format!(
+                    "UPDATE subscription_state SET events_since_start = events_since_start + 1 \
+                     WHERE subscription_id IN ({}) RETURNING subscription_id, events_since_start",
+                    vec!["?"; triggered.len()].join(", ")
+                ),
+                triggered.into_iter().map(Value::from).collect(),
+            ))
+            .await?;
+        let mut numbered = Vec::with_capacity(rows.len());
+        for row in &rows {
+            numbered.push((
+                row.try_get("", "subscription_id")?,
+                Some(row.try_get("", "events_since_start")?),
+            ));
+        }
+        numbered
+    } else {
+        triggered.into_iter().map(|id| (id, None)).collect()
+    };
+    for (subscription_id, number) in numbered {
         conn.defer(
             &SUBSCRIPTION_EVENTS,
             vec![
                 subscription_id.into(),
+                number.into(),
                 occurred.into(),
                 resource_type.into(),
                 id.into(),
@@ -207,11 +236,15 @@ pub async fn record_events(
 const NUMBERING_BATCH: i64 = 5000;
 
 /// Gives the subscription's recorded, not yet numbered events the next event numbers, in
-/// the order they were recorded, and raises `events_since_start` by as many. Runs in its
-/// own short transaction after the changes committed: the state row is locked first, so
-/// two numberings of one subscription take turns and a number is never given twice.
+/// the order they were recorded, and raises `events_since_start` by as many (PostgreSQL;
+/// SQLite numbers in the write itself). Runs in its own short transaction after the
+/// changes committed: the state row is locked first, so two numberings of one
+/// subscription take turns and a number is never given twice.
 pub async fn number_events(conn: &impl ConnectionTrait, subscription_id: &str) -> FhirResult<i64> {
     let backend = conn.get_database_backend();
+    if backend == DbBackend::Sqlite {
+        return Ok(0); // numbered when recorded (see `record_events`)
+    }
     let lock = if backend == DbBackend::Postgres {
         " FOR UPDATE"
     } else {
@@ -351,7 +384,7 @@ pub struct DeliveryState {
     pub lease_until: i64,
 }
 
-const STATE_COLUMNS: &str =
+pub const STATE_COLUMNS: &str =
     "subscription_id, status, channel, heartbeat_seconds, handshake_pending, \
     events_since_start, delivered_through, failures, failing_since, next_attempt_at, \
     last_error, last_sent_at, signing_secret, owner, lease_until";
@@ -396,7 +429,7 @@ pub async fn due_states(conn: &impl ConnectionTrait, now: i64) -> FhirResult<Vec
     rows.iter().map(state_from_row).collect()
 }
 
-fn state_from_row(row: &sea_orm::QueryResult) -> FhirResult<DeliveryState> {
+pub fn state_from_row(row: &sea_orm::QueryResult) -> FhirResult<DeliveryState> {
     Ok(DeliveryState {
         subscription_id: row.try_get("", "subscription_id")?,
         status: row.try_get("", "status")?,
