@@ -48,8 +48,8 @@ struct State {
     search_parameters_changed: bool,
     /// A Subscription was written: reload the live subscriptions after the commit.
     subscriptions_changed: bool,
-    /// Subscription events were recorded: wake the delivery after the commit.
-    events_recorded: bool,
+    /// Subscriptions that got events: number them (SQLite) and wake the delivery.
+    events_for: std::collections::BTreeSet<String>,
     pending: Vec<(&'static Table, Vec<Value>)>,
     scopes: Vec<Scope>,
     savepoints_made: u64,
@@ -80,15 +80,19 @@ impl<'a> WriteTxn<'a> {
         self.state.lock().await.subscriptions_changed = true;
     }
 
-    /// Notes that subscription events were recorded.
-    pub async fn events_recorded(&self) {
-        self.state.lock().await.events_recorded = true;
+    /// Notes that events were recorded for these subscriptions.
+    pub async fn events_recorded(&self, subscriptions: &[String]) {
+        let mut state = self.state.lock().await;
+        state.events_for.extend(subscriptions.iter().cloned());
     }
 
-    /// Whether a write changed a Subscription, and whether one recorded events.
-    pub async fn subscription_activity(&self) -> (bool, bool) {
+    /// Whether a write changed a Subscription, and the subscriptions that got events.
+    pub async fn subscription_activity(&self) -> (bool, Vec<String>) {
         let state = self.state.lock().await;
-        (state.subscriptions_changed, state.events_recorded)
+        (
+            state.subscriptions_changed,
+            state.events_for.iter().cloned().collect(),
+        )
     }
 
     /// A statement that changes data and returns rows (`UPDATE … RETURNING`): like any

@@ -172,7 +172,13 @@ async fn commit_batch(context: &Context, batch: &mut Vec<Job>) {
         }
     }
     let reload_search_parameters = write_txn.changes_search_parameters().await;
-    let (subscriptions_changed, events_recorded) = write_txn.subscription_activity().await;
+    let (subscriptions_changed, events_for) = write_txn.subscription_activity().await;
+    let events_recorded = !events_for.is_empty();
+    if broken.is_none() && events_recorded && db.get_database_backend() == DbBackend::Sqlite {
+        if let Err(err) = crate::subscriptions::outbox::number_at_commit(&write_txn, &events_for).await {
+            broken = Some(err);
+        }
+    }
     drop(write_txn);
     if broken.is_none()
         && (subscriptions_changed || events_recorded)

@@ -186,33 +186,11 @@ pub async fn record_events(
         Interaction::Update => "update",
         Interaction::Delete => "delete",
     };
-    let backend = conn.get_database_backend();
-    // SQLite has a single writer, so the events are numbered here, in the transaction of
-    // the change. PostgreSQL numbers them after the commit (`number_events`): there
-    // writers of several instances would otherwise wait on each other's counter rows.
-    let numbered: Vec<(String, Option<i64>)> = if backend == DbBackend::Sqlite {
-        let rows = conn
-            .query_changing(statement(
-                backend,
-                &format!(
-                    "UPDATE subscription_state SET events_since_start = events_since_start + 1 \
-                     WHERE subscription_id IN ({}) RETURNING subscription_id, events_since_start",
-                    vec!["?"; triggered.len()].join(", ")
-                ),
-                triggered.into_iter().map(Value::from).collect(),
-            ))
-            .await?;
-        let mut numbered = Vec::with_capacity(rows.len());
-        for row in &rows {
-            numbered.push((
-                row.try_get("", "subscription_id")?,
-                Some(row.try_get("", "events_since_start")?),
-            ));
-        }
-        numbered
-    } else {
-        triggered.into_iter().map(|id| (id, None)).collect()
-    };
+    // Numbered at the commit (SQLite, see `number_at_commit`) or after it (PostgreSQL,
+    // see `number_events`), never here: a statement of its own per write would cost each
+    // write its own savepoint and round trips.
+    conn.events_recorded(&triggered).await;
+    let numbered: Vec<(String, Option<i64>)> = triggered.into_iter().map(|id| (id, None)).collect();
     for (subscription_id, number) in numbered {
         conn.defer(
             &SUBSCRIPTION_EVENTS,
@@ -228,7 +206,42 @@ pub async fn record_events(
         )
         .await;
     }
-    conn.events_recorded().await;
+    Ok(())
+}
+
+/// SQLite: numbers the events a write transaction recorded, just before it commits
+/// (one writer, so no other transaction can number concurrently), for the subscriptions
+/// in `touched`: two statements per commit, however many writes it holds.
+pub async fn number_at_commit(
+    conn: &impl ConnectionTrait,
+    touched: &[String],
+) -> FhirResult<()> {
+    if touched.is_empty() {
+        return Ok(());
+    }
+    let backend = conn.get_database_backend();
+    conn.execute_raw(statement(
+        backend,
+        "UPDATE subscription_events SET event_number = n.base + n.rn FROM ( \
+           SELECT e.seq, s.events_since_start AS base, \
+             row_number() OVER (PARTITION BY e.subscription_id ORDER BY e.seq) AS rn \
+           FROM subscription_events e JOIN subscription_state s ON s.subscription_id = e.subscription_id \
+           WHERE e.event_number IS NULL) AS n \
+         WHERE subscription_events.seq = n.seq",
+        vec![],
+    ))
+    .await?;
+    conn.execute_raw(statement(
+        backend,
+        &format!(
+            "UPDATE subscription_state SET events_since_start = COALESCE((SELECT MAX(e.event_number) \
+               FROM subscription_events e WHERE e.subscription_id = subscription_state.subscription_id), \
+               events_since_start) WHERE subscription_id IN ({})",
+            vec!["?"; touched.len()].join(", ")
+        ),
+        touched.iter().map(|id| Value::from(id.as_str())).collect(),
+    ))
+    .await?;
     Ok(())
 }
 
@@ -243,7 +256,7 @@ const NUMBERING_BATCH: i64 = 5000;
 pub async fn number_events(conn: &impl ConnectionTrait, subscription_id: &str) -> FhirResult<i64> {
     let backend = conn.get_database_backend();
     if backend == DbBackend::Sqlite {
-        return Ok(0); // numbered when recorded (see `record_events`)
+        return Ok(0); // numbered in the transaction that recorded them (`number_at_commit`)
     }
     let lock = if backend == DbBackend::Postgres {
         " FOR UPDATE"
