@@ -157,6 +157,11 @@ pub(crate) async fn bookkeep<T: Send + 'static>(
 ) -> FhirResult<T> {
     if store.backend() == sea_orm::DbBackend::Postgres {
         let txn = store.connection().begin().await?;
+        // Bookkeeping need not wait for its own WAL flush: a crash may lose the last
+        // fraction of a second of it, and then those notifications are sent again with
+        // the same event numbers (the events themselves were committed durably).
+        txn.execute_unprepared("SET LOCAL synchronous_commit = off")
+            .await?;
         let result = {
             let book = Bookkeeping::Own(&txn);
             work(&book).await
@@ -485,8 +490,10 @@ impl Deliverer {
                     if must_claim && !claim_in(conn, &owned_id, &instance, lease).await? {
                         return Ok(None);
                     }
-                    outbox::number_events(conn, &owned_id).await?;
-                    outbox::state(conn, &owned_id).await
+                    // A claim just locked the row.
+                    Ok(outbox::number_and_state(conn, &owned_id, must_claim)
+                        .await?
+                        .map(|(_, state)| state))
                 })
             }),
         )
@@ -576,8 +583,9 @@ impl Deliverer {
                         &self.store,
                         Box::new(move |conn| {
                             Box::pin(async move {
-                                outbox::number_events(conn, &owned_id).await?;
-                                outbox::state(conn, &owned_id).await
+                                Ok(outbox::number_and_state(conn, &owned_id, false)
+                                    .await?
+                                    .map(|(_, state)| state))
                             })
                         }),
                     )
@@ -821,10 +829,13 @@ impl Deliverer {
                     let Some(state) = job.apply(conn).await? else {
                         return Ok(None);
                     };
-                    if outbox::number_events(conn, &id).await? > 0 {
-                        return outbox::state(conn, &id).await;
+                    if conn.get_database_backend() == sea_orm::DbBackend::Sqlite {
+                        return Ok(Some(state));
                     }
-                    Ok(Some(state))
+                    // The update above holds the row lock.
+                    Ok(outbox::number_and_state(conn, &id, true)
+                        .await?
+                        .map(|(_, state)| state))
                 })
             }),
         )
@@ -928,34 +939,41 @@ impl Recorded {
         values.push(self.id.as_str().into());
         values.push(self.instance.as_str().into());
         values.push(self.status_from.as_str().into());
-        let stmt = statement(backend, &sql, values);
-        let rows = match conn {
-            Bookkeeping::Shared(txn) => txn.query_changing(stmt).await?,
-            Bookkeeping::Own(txn) => txn.query_all_raw(stmt).await?,
-        };
-        let Some(row) = rows.first() else {
-            return Ok(None);
-        };
-        let state = outbox::state_from_row(row)?;
         match conn {
-            // With the other rows of the shared commit, as one multi-row INSERT.
-            Bookkeeping::Shared(txn) => txn.defer(&SUBSCRIPTION_ATTEMPTS, self.attempt).await,
+            Bookkeeping::Shared(txn) => {
+                let rows = txn.query_changing(statement(backend, &sql, values)).await?;
+                let Some(row) = rows.first() else {
+                    return Ok(None);
+                };
+                // With the other rows of the shared commit, as one multi-row INSERT.
+                txn.defer(&SUBSCRIPTION_ATTEMPTS, self.attempt).await;
+                Ok(Some(outbox::state_from_row(row)?))
+            }
             Bookkeeping::Own(txn) => {
-                let names: Vec<&str> = SUBSCRIPTION_ATTEMPTS.columns.iter().map(|(n, _)| *n).collect();
-                txn.execute_raw(statement(
-                    backend,
-                    &format!(
-                        "INSERT INTO {} ({}) VALUES ({})",
-                        SUBSCRIPTION_ATTEMPTS.name,
-                        names.join(", "),
-                        vec!["?"; names.len()].join(", ")
-                    ),
-                    self.attempt,
-                ))
-                .await?;
+                // The update and the attempt in one round trip; the attempt only when the
+                // update found the row (the lease still held).
+                let names: Vec<&str> = SUBSCRIPTION_ATTEMPTS
+                    .columns
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect();
+                let sql = format!(
+                    "WITH updated AS ({sql}), attempt AS (INSERT INTO {} ({}) \
+                     SELECT {} FROM updated) SELECT * FROM updated",
+                    SUBSCRIPTION_ATTEMPTS.name,
+                    names.join(", "),
+                    SUBSCRIPTION_ATTEMPTS
+                        .columns
+                        .iter()
+                        .map(|(_, pg_type)| format!("CAST(? AS {pg_type})"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                values.extend(self.attempt);
+                let row = txn.query_one_raw(statement(backend, &sql, values)).await?;
+                row.map(|row| outbox::state_from_row(&row)).transpose()
             }
         }
-        Ok(Some(state))
     }
 }
 

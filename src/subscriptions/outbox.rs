@@ -254,49 +254,65 @@ const NUMBERING_BATCH: i64 = 5000;
 /// changes committed: the state row is locked first, so two numberings of one
 /// subscription take turns and a number is never given twice.
 pub async fn number_events(conn: &impl ConnectionTrait, subscription_id: &str) -> FhirResult<i64> {
+    Ok(number_and_state(conn, subscription_id, false)
+        .await?
+        .map_or(0, |(numbered, _)| numbered))
+}
+
+/// [`number_events`], returning how many were numbered and the state after it. `locked`:
+/// this transaction already holds the state row (it just updated it).
+pub async fn number_and_state(
+    conn: &impl ConnectionTrait,
+    subscription_id: &str,
+    locked: bool,
+) -> FhirResult<Option<(i64, DeliveryState)>> {
     let backend = conn.get_database_backend();
     if backend == DbBackend::Sqlite {
-        return Ok(0); // numbered in the transaction that recorded them (`number_at_commit`)
+        // Numbered in the transaction that recorded them (`number_at_commit`).
+        return Ok(state(conn, subscription_id).await?.map(|s| (0, s)));
     }
-    let lock = if backend == DbBackend::Postgres {
-        " FOR UPDATE"
-    } else {
-        ""
-    };
-    let Some(row) = conn
+    if !locked {
+        // The lock first, in a statement of its own: the numbering statement then takes
+        // its snapshot after any numbering that held the lock before has committed, so it
+        // never sees (and renumbers) events another numbering just numbered.
+        let found = conn
+            .query_one_raw(statement(
+                backend,
+                "SELECT 1 AS found FROM subscription_state WHERE subscription_id = ? FOR UPDATE",
+                vec![subscription_id.into()],
+            ))
+            .await?;
+        if found.is_none() {
+            return Ok(None);
+        }
+    }
+    let row = conn
         .query_one_raw(statement(
             backend,
             &format!(
-                "SELECT events_since_start FROM subscription_state WHERE subscription_id = ?{lock}"
+                "WITH pending AS ( \
+                   SELECT seq, row_number() OVER (ORDER BY seq) AS rn FROM subscription_events \
+                   WHERE subscription_id = ? AND event_number IS NULL ORDER BY seq LIMIT ?), \
+                 base AS (SELECT events_since_start AS last FROM subscription_state WHERE subscription_id = ?), \
+                 numbered AS ( \
+                   UPDATE subscription_events e SET event_number = (SELECT last FROM base) + p.rn \
+                   FROM pending p WHERE e.seq = p.seq AND e.event_number IS NULL RETURNING 1) \
+                 UPDATE subscription_state SET events_since_start = events_since_start + (SELECT COUNT(*) FROM numbered) \
+                 WHERE subscription_id = ? \
+                 RETURNING (SELECT COUNT(*) FROM numbered) AS numbered, {STATE_COLUMNS}"
             ),
-            vec![subscription_id.into()],
-        ))
-        .await?
-    else {
-        return Ok(0);
-    };
-    let last: i64 = row.try_get("", "events_since_start")?;
-    let numbered = conn
-        .execute_raw(statement(
-            backend,
-            "UPDATE subscription_events SET event_number = ? + n.rn FROM ( \
-               SELECT seq, row_number() OVER (ORDER BY seq) AS rn FROM subscription_events \
-               WHERE subscription_id = ? AND event_number IS NULL ORDER BY seq LIMIT ?) AS n \
-             WHERE subscription_events.seq = n.seq",
-            vec![last.into(), subscription_id.into(), NUMBERING_BATCH.into()],
-        ))
-        .await?
-        .rows_affected() as i64;
-    if numbered > 0 {
-        conn.execute_raw(statement(
-            backend,
-            "UPDATE subscription_state SET events_since_start = events_since_start + ? \
-             WHERE subscription_id = ?",
-            vec![numbered.into(), subscription_id.into()],
+            vec![
+                subscription_id.into(),
+                NUMBERING_BATCH.into(),
+                subscription_id.into(),
+                subscription_id.into(),
+            ],
         ))
         .await?;
+    match row {
+        Some(row) => Ok(Some((row.try_get("", "numbered")?, state_from_row(&row)?))),
+        None => Ok(None),
     }
-    Ok(numbered)
 }
 
 /// Whether the stored resource matches search criteria the registry could not decide in
