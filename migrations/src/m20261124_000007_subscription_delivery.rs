@@ -1,16 +1,17 @@
-//! Subscription delivery: per-subscription state, the event outbox and the attempt log.
+//! Subscription delivery: the event outbox, event numbering, per-subscription delivery
+//! state and the attempt log.
 //!
 //! `subscription_events` is the outbox: one row per event, inserted in the same
 //! transaction as the resource change that caused it, and kept after delivery for
-//! `$events`. Its per-subscription `event_number` is given right after the commit, in
-//! `seq` order, by whoever delivers the subscription (so writers never wait on a shared
-//! counter row, and two instances' writers can never deadlock on one).
+//! `$events`. The rows of one commit get their per-subscription `event_number` at the
+//! end of that commit from `subscription_counters` (the last number given), whose rows
+//! are locked there and nowhere else, in id order: writers of several instances wait
+//! for each other's numbering but can never deadlock on it.
 //! `subscription_state` mirrors each Subscription's server-owned status and holds what
-//! delivery needs: the last event number given (`events_since_start`), the last one
-//! delivered, the retry schedule, and the lease (`owner`, `lease_until`) of the server
-//! instance delivering it, so several instances sharing one database never send the same
-//! event twice and a dead instance's work is taken over when its lease runs out.
-//! `subscription_attempts` records every delivery attempt.
+//! delivery needs: the last event delivered, the retry schedule, and the lease
+//! (`owner`, `lease_until`) of the server instance delivering it, so several instances
+//! sharing one database never send the same event twice and a dead instance's work is
+//! taken over when its lease runs out. `subscription_attempts` records every attempt.
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
 
@@ -29,7 +30,6 @@ CREATE TABLE IF NOT EXISTS subscription_state (
     channel VARCHAR(16) NOT NULL,
     heartbeat_seconds BIGINT NOT NULL DEFAULT 0,
     handshake_pending BOOLEAN NOT NULL DEFAULT TRUE,
-    events_since_start BIGINT NOT NULL DEFAULT 0,
     delivered_through BIGINT NOT NULL DEFAULT 0,
     failures INTEGER NOT NULL DEFAULT 0,
     failing_since BIGINT,
@@ -39,6 +39,10 @@ CREATE TABLE IF NOT EXISTS subscription_state (
     signing_secret TEXT,
     owner VARCHAR(64),
     lease_until BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS subscription_counters (
+    subscription_id VARCHAR(64) COLLATE "C" PRIMARY KEY,
+    last_number BIGINT NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS subscription_events (
     seq BIGSERIAL PRIMARY KEY,
@@ -77,7 +81,6 @@ CREATE TABLE IF NOT EXISTS subscription_state (
     channel TEXT NOT NULL,
     heartbeat_seconds INTEGER NOT NULL DEFAULT 0,
     handshake_pending BOOLEAN NOT NULL DEFAULT TRUE,
-    events_since_start INTEGER NOT NULL DEFAULT 0,
     delivered_through INTEGER NOT NULL DEFAULT 0,
     failures INTEGER NOT NULL DEFAULT 0,
     failing_since INTEGER,
@@ -87,6 +90,10 @@ CREATE TABLE IF NOT EXISTS subscription_state (
     signing_secret TEXT,
     owner TEXT,
     lease_until INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS subscription_counters (
+    subscription_id TEXT PRIMARY KEY,
+    last_number INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS subscription_events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -174,8 +174,10 @@ async fn commit_batch(context: &Context, batch: &mut Vec<Job>) {
     let reload_search_parameters = write_txn.changes_search_parameters().await;
     let (subscriptions_changed, events_for) = write_txn.subscription_activity().await;
     let events_recorded = !events_for.is_empty();
-    if broken.is_none() && events_recorded && db.get_database_backend() == DbBackend::Sqlite {
-        if let Err(err) = crate::subscriptions::outbox::number_at_commit(&write_txn, &events_for).await {
+    if broken.is_none() && events_recorded {
+        if let Err(err) =
+            crate::subscriptions::outbox::number_at_commit(&write_txn, &events_for).await
+        {
             broken = Some(err);
         }
     }
@@ -224,6 +226,12 @@ async fn commit_batch(context: &Context, batch: &mut Vec<Job>) {
     }
     if committed.is_ok() && (subscriptions_changed || events_recorded) {
         context.subscriptions.wake.notify_one();
+    }
+    if committed.is_ok() && events_recorded {
+        context
+            .subscriptions
+            .events_committed
+            .send_modify(|count| *count += 1);
     }
     for finish in finishes {
         finish(committed.clone());

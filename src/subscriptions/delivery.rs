@@ -334,6 +334,9 @@ async fn listen(delivery: Arc<Deliverer>, mut stopped: watch::Receiver<bool>) {
             };
             match notification {
                 Ok(n) => {
+                    if n.channel() == EVENTS_CHANNEL {
+                        registry.events_committed.send_modify(|count| *count += 1);
+                    }
                     if n.channel() == SUBSCRIPTIONS_CHANNEL {
                         if let Err(err) =
                             super::registry::reload(delivery.store.connection(), &registry).await
@@ -368,7 +371,6 @@ impl Deliverer {
         let due = outbox::due_states(self.store.connection(), now).await?;
         for state in due {
             if state.channel != "rest-hook" {
-                self.clone().number_for_websockets(state.subscription_id);
                 continue;
             }
             let mine = state.owner.as_deref() == Some(self.instance());
@@ -415,44 +417,6 @@ impl Deliverer {
         Ok(())
     }
 
-    /// Numbers a websocket subscription's new events and wakes the connections bound to
-    /// it (numbering needs no lease: the state row lock orders concurrent numberings).
-    fn number_for_websockets(self: Arc<Self>, id: String) {
-        {
-            let Ok(mut in_flight) = self.in_flight.lock() else {
-                return;
-            };
-            if !in_flight.insert(id.clone()) {
-                return;
-            }
-        }
-        tokio::spawn(async move {
-            let owned = id.clone();
-            let numbered = bookkeep(
-                &self.store,
-                Box::new(move |conn| {
-                    Box::pin(async move { outbox::number_events(conn, &owned).await })
-                }),
-            )
-            .await;
-            if let Ok(mut in_flight) = self.in_flight.lock() {
-                in_flight.remove(&id);
-            }
-            match numbered {
-                Ok(n) if n > 0 => {
-                    self.store
-                        .subscriptions()
-                        .numbered
-                        .send_modify(|count| *count += 1);
-                }
-                Ok(_) => {}
-                Err(err) => {
-                    tracing::warn!(subscription = %id, "cannot number events: {}", err.message())
-                }
-            }
-        });
-    }
-
     /// Takes or renews the lease of a subscription; false when another instance holds it.
     async fn claim(&self, id: &str) -> FhirResult<bool> {
         let (instance, lease) = (self.instance().to_string(), self.lease_micros());
@@ -481,23 +445,24 @@ impl Deliverer {
         } else {
             known.lease_until
         };
-        let (owned_id, instance, lease) = (id.to_string(), self.instance().to_string(), self.lease_micros());
-        // Take the lease (if needed), number the new events and read the state at once.
-        let mut state = bookkeep(
-            &self.store,
-            Box::new(move |conn| {
-                Box::pin(async move {
-                    if must_claim && !claim_in(conn, &owned_id, &instance, lease).await? {
-                        return Ok(None);
-                    }
-                    // A claim just locked the row.
-                    Ok(outbox::number_and_state(conn, &owned_id, must_claim)
-                        .await?
-                        .map(|(_, state)| state))
-                })
-            }),
-        )
-        .await?;
+        let mut state = if must_claim {
+            let (owned_id, instance, lease) =
+                (id.to_string(), self.instance().to_string(), self.lease_micros());
+            bookkeep(
+                &self.store,
+                Box::new(move |conn| {
+                    Box::pin(async move {
+                        if !claim_in(conn, &owned_id, &instance, lease).await? {
+                            return Ok(None);
+                        }
+                        outbox::state(conn, &owned_id).await
+                    })
+                }),
+            )
+            .await?
+        } else {
+            outbox::state(self.store.connection(), id).await?
+        };
         // The Subscription as last read, re-read when its status changes.
         let mut subscription: Option<(String, Json, Delivery)> = None;
         let mut busy_at = Instant::now();
@@ -578,21 +543,7 @@ impl Deliverer {
                 }
                 let _ = tokio::time::timeout(wait, poke.notified()).await;
                 let owned_id = id.to_string();
-                state = if self.store.backend() == sea_orm::DbBackend::Postgres {
-                    bookkeep(
-                        &self.store,
-                        Box::new(move |conn| {
-                            Box::pin(async move {
-                                Ok(outbox::number_and_state(conn, &owned_id, false)
-                                    .await?
-                                    .map(|(_, state)| state))
-                            })
-                        }),
-                    )
-                    .await?
-                } else {
-                    outbox::state(self.store.connection(), &owned_id).await?
-                };
+                state = outbox::state(self.store.connection(), &owned_id).await?;
                 continue;
             };
             busy_at = Instant::now();
@@ -820,22 +771,12 @@ impl Deliverer {
             job.status_to,
             job.last_error.clone(),
         );
-        // The outcome, and the events recorded meanwhile, in one transaction.
+        // The outcome, and the state after it, in one statement.
         let next = bookkeep(
             &self.store,
             Box::new(move |conn| {
                 Box::pin(async move {
-                    let id = job.id.clone();
-                    let Some(state) = job.apply(conn).await? else {
-                        return Ok(None);
-                    };
-                    if conn.get_database_backend() == sea_orm::DbBackend::Sqlite {
-                        return Ok(Some(state));
-                    }
-                    // The update above holds the row lock.
-                    Ok(outbox::number_and_state(conn, &id, true)
-                        .await?
-                        .map(|(_, state)| state))
+                    job.apply(conn).await
                 })
             }),
         )
@@ -1088,8 +1029,9 @@ pub async fn queue_figures(
     let rows = conn
         .query_all_raw(statement(
             backend,
-            "SELECT status, COUNT(*) AS n, SUM(events_since_start - delivered_through) AS undelivered \
-             FROM subscription_state GROUP BY status ORDER BY status",
+            "SELECT s.status, COUNT(*) AS n, SUM(c.last_number - s.delivered_through) AS undelivered \
+             FROM subscription_state s JOIN subscription_counters c ON c.subscription_id = s.subscription_id \
+             GROUP BY s.status ORDER BY s.status",
             vec![],
         ))
         .await?;

@@ -4,8 +4,8 @@
 //!
 //! Two hooks run from `store::versions::write_version`: [`subscription_written`] keeps
 //! the delivery state of a written Subscription (`subscription_state`), and
-//! [`record_events`] gives each live subscription a change triggers its next event
-//! number and queues the event row.
+//! [`record_events`] queues an event row for each live subscription a change triggers.
+//! The writer numbers the rows of its commit at its end ([`number_at_commit`]).
 
 use sea_orm::{ConnectionTrait, DbBackend, Value};
 use serde_json::Value as Json;
@@ -88,6 +88,21 @@ pub async fn subscription_written(
     match stored {
         None => {
             let secret = secret.flatten();
+            // A Subscription created again after a deletion keeps its event numbers.
+            let conflict = if backend == DbBackend::Postgres {
+                " ON CONFLICT (subscription_id) DO NOTHING"
+            } else {
+                " ON CONFLICT DO NOTHING"
+            };
+            conn.execute_raw(statement(
+                backend,
+                &format!(
+                    "INSERT INTO subscription_counters (subscription_id, last_number) \
+                     VALUES (?, 0){conflict}"
+                ),
+                vec![id.into()],
+            ))
+            .await?;
             conn.execute_raw(statement(
                 backend,
                 "INSERT INTO subscription_state (subscription_id, status, channel, \
@@ -186,9 +201,8 @@ pub async fn record_events(
         Interaction::Update => "update",
         Interaction::Delete => "delete",
     };
-    // Numbered at the commit (SQLite, see `number_at_commit`) or after it (PostgreSQL,
-    // see `number_events`), never here: a statement of its own per write would cost each
-    // write its own savepoint and round trips.
+    // Numbered at the end of the commit (`number_at_commit`), never here: a statement of
+    // its own per write would cost each write a savepoint and round trips.
     conn.events_recorded(&triggered).await;
     let numbered: Vec<(String, Option<i64>)> = triggered.into_iter().map(|id| (id, None)).collect();
     for (subscription_id, number) in numbered {
@@ -209,110 +223,55 @@ pub async fn record_events(
     Ok(())
 }
 
-/// SQLite: numbers the events a write transaction recorded, just before it commits
-/// (one writer, so no other transaction can number concurrently), for the subscriptions
-/// in `touched`: two statements per commit, however many writes it holds.
-pub async fn number_at_commit(
-    conn: &impl ConnectionTrait,
-    touched: &[String],
-) -> FhirResult<()> {
+/// Numbers the events a write transaction recorded, at its end, for the subscriptions
+/// in `touched`: each subscription's rows in the order they were recorded, after the
+/// last number it gave. On PostgreSQL the counters are locked first, in id order, in a
+/// statement of their own (the numbering statement then sees the counters as the
+/// previous holder committed them); no other transaction locks them, and a writer
+/// holding one waits only for another counter, so writers never deadlock here.
+pub async fn number_at_commit(conn: &impl ConnectionTrait, touched: &[String]) -> FhirResult<()> {
     if touched.is_empty() {
         return Ok(());
     }
     let backend = conn.get_database_backend();
+    let list = vec!["?"; touched.len()].join(", ");
+    let ids = || -> Vec<Value> { touched.iter().map(|id| Value::from(id.as_str())).collect() };
+    if backend == DbBackend::Postgres {
+        conn.query_all_raw(statement(
+            backend,
+            &format!(
+                "SELECT subscription_id FROM subscription_counters WHERE subscription_id IN ({list}) \
+                 ORDER BY subscription_id FOR UPDATE"
+            ),
+            ids(),
+        ))
+        .await?;
+    }
     conn.execute_raw(statement(
         backend,
-        "UPDATE subscription_events SET event_number = n.base + n.rn FROM ( \
-           SELECT e.seq, s.events_since_start AS base, \
-             row_number() OVER (PARTITION BY e.subscription_id ORDER BY e.seq) AS rn \
-           FROM subscription_events e JOIN subscription_state s ON s.subscription_id = e.subscription_id \
-           WHERE e.event_number IS NULL) AS n \
-         WHERE subscription_events.seq = n.seq",
-        vec![],
+        &format!(
+            "UPDATE subscription_events SET event_number = n.base + n.rn FROM ( \
+               SELECT e.seq, c.last_number AS base, \
+                 row_number() OVER (PARTITION BY e.subscription_id ORDER BY e.seq) AS rn \
+               FROM subscription_events e \
+               JOIN subscription_counters c ON c.subscription_id = e.subscription_id \
+               WHERE e.event_number IS NULL AND e.subscription_id IN ({list})) AS n \
+             WHERE subscription_events.seq = n.seq"
+        ),
+        ids(),
     ))
     .await?;
     conn.execute_raw(statement(
         backend,
         &format!(
-            "UPDATE subscription_state SET events_since_start = COALESCE((SELECT MAX(e.event_number) \
-               FROM subscription_events e WHERE e.subscription_id = subscription_state.subscription_id), \
-               events_since_start) WHERE subscription_id IN ({})",
-            vec!["?"; touched.len()].join(", ")
+            "UPDATE subscription_counters SET last_number = COALESCE((SELECT MAX(e.event_number) \
+               FROM subscription_events e WHERE e.subscription_id = subscription_counters.subscription_id), \
+               last_number) WHERE subscription_id IN ({list})"
         ),
-        touched.iter().map(|id| Value::from(id.as_str())).collect(),
+        ids(),
     ))
     .await?;
     Ok(())
-}
-
-/// Most events numbered in one go.
-const NUMBERING_BATCH: i64 = 5000;
-
-/// Gives the subscription's recorded, not yet numbered events the next event numbers, in
-/// the order they were recorded, and raises `events_since_start` by as many (PostgreSQL;
-/// SQLite numbers in the write itself). Runs in its own short transaction after the
-/// changes committed: the state row is locked first, so two numberings of one
-/// subscription take turns and a number is never given twice.
-pub async fn number_events(conn: &impl ConnectionTrait, subscription_id: &str) -> FhirResult<i64> {
-    Ok(number_and_state(conn, subscription_id, false)
-        .await?
-        .map_or(0, |(numbered, _)| numbered))
-}
-
-/// [`number_events`], returning how many were numbered and the state after it. `locked`:
-/// this transaction already holds the state row (it just updated it).
-pub async fn number_and_state(
-    conn: &impl ConnectionTrait,
-    subscription_id: &str,
-    locked: bool,
-) -> FhirResult<Option<(i64, DeliveryState)>> {
-    let backend = conn.get_database_backend();
-    if backend == DbBackend::Sqlite {
-        // Numbered in the transaction that recorded them (`number_at_commit`).
-        return Ok(state(conn, subscription_id).await?.map(|s| (0, s)));
-    }
-    if !locked {
-        // The lock first, in a statement of its own: the numbering statement then takes
-        // its snapshot after any numbering that held the lock before has committed, so it
-        // never sees (and renumbers) events another numbering just numbered.
-        let found = conn
-            .query_one_raw(statement(
-                backend,
-                "SELECT 1 AS found FROM subscription_state WHERE subscription_id = ? FOR UPDATE",
-                vec![subscription_id.into()],
-            ))
-            .await?;
-        if found.is_none() {
-            return Ok(None);
-        }
-    }
-    let row = conn
-        .query_one_raw(statement(
-            backend,
-            &format!(
-                "WITH pending AS ( \
-                   SELECT seq, row_number() OVER (ORDER BY seq) AS rn FROM subscription_events \
-                   WHERE subscription_id = ? AND event_number IS NULL ORDER BY seq LIMIT ?), \
-                 base AS (SELECT events_since_start AS last FROM subscription_state WHERE subscription_id = ?), \
-                 numbered AS ( \
-                   UPDATE subscription_events e SET event_number = (SELECT last FROM base) + p.rn \
-                   FROM pending p WHERE e.seq = p.seq AND e.event_number IS NULL RETURNING 1) \
-                 UPDATE subscription_state SET events_since_start = events_since_start + (SELECT COUNT(*) FROM numbered) \
-                 WHERE subscription_id = ? \
-                 RETURNING (SELECT COUNT(*) FROM numbered) AS numbered, {STATE_COLUMNS}"
-            ),
-            vec![
-                subscription_id.into(),
-                NUMBERING_BATCH.into(),
-                subscription_id.into(),
-                subscription_id.into(),
-            ],
-        ))
-        .await?;
-    match row {
-        Some(row) => Ok(Some((row.try_get("", "numbered")?, state_from_row(&row)?))),
-        None => Ok(None),
-    }
 }
 
 /// Whether the stored resource matches search criteria the registry could not decide in
@@ -413,10 +372,15 @@ pub struct DeliveryState {
     pub lease_until: i64,
 }
 
-pub const STATE_COLUMNS: &str =
-    "subscription_id, status, channel, heartbeat_seconds, handshake_pending, \
-    events_since_start, delivered_through, failures, failing_since, next_attempt_at, \
+pub const STATE_COLUMNS: &str = "subscription_id, status, channel, heartbeat_seconds, handshake_pending, \
+    (SELECT c.last_number FROM subscription_counters c \
+      WHERE c.subscription_id = subscription_state.subscription_id) AS events_since_start, \
+    delivered_through, failures, failing_since, next_attempt_at, \
     last_error, last_sent_at, signing_secret, owner, lease_until";
+
+/// The last event number of the subscription of a `subscription_state` row, in SQL.
+const EVENTS_SINCE_START: &str = "(SELECT c.last_number FROM subscription_counters c \
+    WHERE c.subscription_id = subscription_state.subscription_id)";
 
 pub async fn state(
     conn: &impl ConnectionTrait,
@@ -433,9 +397,9 @@ pub async fn state(
     row.map(|row| state_from_row(&row)).transpose()
 }
 
-/// The states of live subscriptions with something to do by `now`: events to number,
-/// and for rest-hooks a handshake, events to send, or a heartbeat due. (A websocket
-/// subscription sends on its bound connections, see `websocket`.)
+/// The states of live rest-hook subscriptions with something to do by `now`: a
+/// handshake, events to send, or a heartbeat due. (A websocket subscription sends on its
+/// bound connections, see `websocket`.)
 pub async fn due_states(conn: &impl ConnectionTrait, now: i64) -> FhirResult<Vec<DeliveryState>> {
     let backend = conn.get_database_backend();
     let rows = conn
@@ -445,12 +409,9 @@ pub async fn due_states(conn: &impl ConnectionTrait, now: i64) -> FhirResult<Vec
                 "SELECT {STATE_COLUMNS} FROM subscription_state \
                  WHERE status IN ('requested', 'active', 'error') AND ( \
                    (channel = 'rest-hook' AND next_attempt_at <= ? \
-                       AND (handshake_pending OR delivered_through < events_since_start)) \
+                       AND (handshake_pending OR delivered_through < {EVENTS_SINCE_START})) \
                    OR (channel = 'rest-hook' AND status = 'active' AND heartbeat_seconds > 0 \
-                       AND last_sent_at + heartbeat_seconds * 1000000 <= ?) \
-                   OR EXISTS (SELECT 1 FROM subscription_events e \
-                       WHERE e.subscription_id = subscription_state.subscription_id \
-                       AND e.event_number IS NULL))"
+                       AND last_sent_at + heartbeat_seconds * 1000000 <= ?))"
             ),
             vec![now.into(), now.into()],
         ))

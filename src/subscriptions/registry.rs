@@ -386,9 +386,9 @@ pub struct Registry {
     pub policy: crate::outbound::OutboundPolicy,
     /// Woken after a commit that recorded events, or changed a subscription.
     pub wake: Notify,
-    /// Raised whenever events were numbered on this instance: wakes the websocket
-    /// connections bound to subscriptions.
-    pub numbered: tokio::sync::watch::Sender<u64>,
+    /// Raised after each commit with events (of this instance, or announced by another):
+    /// wakes the websocket connections bound to subscriptions.
+    pub events_committed: tokio::sync::watch::Sender<u64>,
     /// Websocket binding tokens given out by this instance.
     pub ws_tokens: std::sync::Mutex<HashMap<String, WsToken>>,
 }
@@ -407,7 +407,7 @@ impl Registry {
             by_type: Default::default(),
             policy,
             wake: Notify::new(),
-            numbered: tokio::sync::watch::Sender::new(0),
+            events_committed: tokio::sync::watch::Sender::new(0),
             ws_tokens: Default::default(),
         }
     }

@@ -4,10 +4,10 @@
 //! handshake, then every new event as an event notification, and heartbeats at the
 //! subscription's `heartbeatPeriod`, as notification Bundles in text messages.
 //!
-//! A connection receives the events numbered after it bound; a client that was
-//! disconnected catches up with `$events` from the last number it saw. Events are numbered
-//! by the dispatcher (see `delivery`), which wakes the connections of this instance; a
-//! connection also looks every second, for events numbered by another instance.
+//! A connection receives the events recorded after it bound; a client that was
+//! disconnected catches up with `$events` from the last number it saw. Each commit with
+//! events wakes the connections (those of other instances through PostgreSQL `NOTIFY`);
+//! a connection also looks every second.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -72,7 +72,7 @@ pub async fn serve(
     base: String,
 ) {
     let mut bound: HashMap<String, Bound> = HashMap::new();
-    let mut numbered = store.subscriptions().numbered.subscribe();
+    let mut committed = store.subscriptions().events_committed.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -104,7 +104,7 @@ pub async fn serve(
                     }
                 }
             }
-            changed = numbered.changed() => {
+            changed = committed.changed() => {
                 if changed.is_err() {
                     return;
                 }
