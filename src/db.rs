@@ -30,6 +30,27 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
 
 /// [`connect`] with a given pool size (the writer uses a pool of one).
 pub async fn connect_pool(url: &str, max_connections: u32) -> Result<DatabaseConnection, DbErr> {
+    // Statements are prepared and reused; after five runs PostgreSQL may switch to one
+    // generic plan for all bind values. A search's best plan depends on its values (one
+    // patient's few hundred rows, or a code on a fifth of the table), so each run is
+    // planned for its own.
+    connect_with(url, max_connections, "SET plan_cache_mode = force_custom_plan").await
+}
+
+/// PostgreSQL connections for subscription delivery bookkeeping (leases, positions,
+/// attempts): single statements committed without waiting for their WAL flush. A crash
+/// may lose the last fraction of a second of bookkeeping; those notifications are then
+/// sent again with the same event numbers. The events themselves are committed durably
+/// by the writer.
+pub async fn connect_bookkeeping(url: &str) -> Result<DatabaseConnection, DbErr> {
+    connect_with(url, 4, "SET synchronous_commit = off").await
+}
+
+async fn connect_with(
+    url: &str,
+    max_connections: u32,
+    session: &'static str,
+) -> Result<DatabaseConnection, DbErr> {
     let mut options = ConnectOptions::new(url.to_string());
     options
         .sqlx_logging(false)
@@ -69,20 +90,11 @@ pub async fn connect_pool(url: &str, max_connections: u32) -> Result<DatabaseCon
         options
             .max_connections(max_connections)
             .min_connections(1)
-            .map_sqlx_postgres_pool_opts(|pool| {
-                pool.after_connect(|connection, _| {
+            .map_sqlx_postgres_pool_opts(move |pool| {
+                pool.after_connect(move |connection, _| {
                     Box::pin(async move {
                         disable_nagle_on_tcp_sockets();
-                        // Statements are prepared and reused; after five runs PostgreSQL
-                        // may switch to one generic plan for all bind values. A search's
-                        // best plan depends on its values (one patient's few hundred rows,
-                        // or a code on a fifth of the table), so each run is planned for
-                        // its own.
-                        sea_orm::sqlx::Executor::execute(
-                            &mut *connection,
-                            "SET plan_cache_mode = force_custom_plan",
-                        )
-                        .await?;
+                        sea_orm::sqlx::Executor::execute(&mut *connection, session).await?;
                         Ok(())
                     })
                 })

@@ -101,6 +101,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, StartError> {
     let policy = crate::outbound::OutboundPolicy::parse(&config.outbound_allow)
         .map_err(|e| StartError::Database(sea_orm::DbErr::Custom(e)))?;
     let subscriptions = Arc::new(Registry::new(policy.clone()));
+    let instance = subscriptions.instance.clone();
     let store = Store::open(connection, &config.database_url, subscriptions).await?;
     let metrics = Arc::new(Metrics::default());
     let delivery = delivery::start(
@@ -110,7 +111,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, StartError> {
                 .base_url
                 .clone()
                 .unwrap_or_else(|| format!("http://{addr}/fhir")),
-            instance: uuid::Uuid::new_v4().to_string(),
+            instance,
             retry_horizon: config.subscription_retry_horizon,
             lease: config.delivery_lease,
             poll: std::time::Duration::from_secs(1),

@@ -30,6 +30,8 @@ pub struct Store {
     db: DatabaseConnection,
     writer: Writer,
     subscriptions: Arc<Registry>,
+    /// PostgreSQL: connections for delivery bookkeeping (see `db::connect_bookkeeping`).
+    bookkeeping: Option<DatabaseConnection>,
 }
 
 impl Store {
@@ -41,11 +43,22 @@ impl Store {
         subscriptions: Arc<Registry>,
     ) -> Result<Self, sea_orm::DbErr> {
         let writer = Writer::start(database_url, subscriptions.clone()).await?;
+        let bookkeeping = if db.get_database_backend() == DbBackend::Postgres {
+            Some(crate::db::connect_bookkeeping(database_url).await?)
+        } else {
+            None
+        };
         Ok(Store {
             db,
             writer,
             subscriptions,
+            bookkeeping,
         })
+    }
+
+    /// PostgreSQL: the connections for delivery bookkeeping.
+    pub fn bookkeeping(&self) -> Option<&DatabaseConnection> {
+        self.bookkeeping.as_ref()
     }
 
     /// The live subscriptions of this server.

@@ -193,7 +193,8 @@ async fn commit_batch(context: &Context, batch: &mut Vec<Job>) {
         } else {
             crate::subscriptions::delivery::EVENTS_CHANNEL
         };
-        if let Err(err) = txn.execute_unprepared(&format!("NOTIFY {channel}")).await {
+        let announce = format!("NOTIFY {channel}, '{}'", context.subscriptions.instance);
+        if let Err(err) = txn.execute_unprepared(&announce).await {
             broken = Some(FhirError::from(err));
         }
     }

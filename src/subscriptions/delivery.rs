@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use sea_orm::{ConnectionTrait, DbErr, TransactionTrait, Value};
+use sea_orm::{ConnectionTrait, DbErr, Value};
 use serde_json::Value as Json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -94,13 +94,13 @@ pub struct Settings {
 }
 
 /// The connection delivery bookkeeping runs on: on SQLite a job of the shared writer
-/// (one writer for the whole database); on PostgreSQL a short transaction of its own,
-/// which locks a single `subscription_state` row. Bookkeeping never shares a transaction
-/// with resource writes there, so no transaction ever waits for a second state row while
-/// holding one, and instances cannot deadlock each other.
+/// (one writer for the whole database); on PostgreSQL single statements, each its own
+/// transaction on the bookkeeping connections (`db::connect_bookkeeping`), touching one
+/// `subscription_state` row. Bookkeeping never shares a transaction with resource
+/// writes there, so it never holds a row while waiting for another.
 pub enum Bookkeeping<'a> {
     Shared(&'a WriteTxn<'a>),
-    Own(&'a sea_orm::DatabaseTransaction),
+    Own(&'a sea_orm::DatabaseConnection),
 }
 
 #[async_trait::async_trait]
@@ -155,27 +155,9 @@ pub(crate) async fn bookkeep<T: Send + 'static>(
     store: &Store,
     work: BookkeepingJob<T>,
 ) -> FhirResult<T> {
-    if store.backend() == sea_orm::DbBackend::Postgres {
-        let txn = store.connection().begin().await?;
-        // Bookkeeping need not wait for its own WAL flush: a crash may lose the last
-        // fraction of a second of it, and then those notifications are sent again with
-        // the same event numbers (the events themselves were committed durably).
-        txn.execute_unprepared("SET LOCAL synchronous_commit = off")
-            .await?;
-        let result = {
-            let book = Bookkeeping::Own(&txn);
-            work(&book).await
-        };
-        match result {
-            Ok(value) => {
-                txn.commit().await?;
-                Ok(value)
-            }
-            Err(err) => {
-                let _ = txn.rollback().await;
-                Err(err)
-            }
-        }
+    if let Some(connection) = store.bookkeeping() {
+        let book = Bookkeeping::Own(connection);
+        work(&book).await
     } else {
         store
             .writer()
@@ -333,6 +315,8 @@ async fn listen(delivery: Arc<Deliverer>, mut stopped: watch::Receiver<bool>) {
                 _ = stopped.changed() => return,
             };
             match notification {
+                // This instance's own announcements were handled at its commit.
+                Ok(n) if n.payload() == registry.instance => {}
                 Ok(n) => {
                     if n.channel() == EVENTS_CHANNEL {
                         registry.events_committed.send_modify(|count| *count += 1);

@@ -384,6 +384,8 @@ pub struct Registry {
     by_type: RwLock<Arc<HashMap<String, Vec<Arc<LiveSubscription>>>>>,
     /// Where subscription endpoints may point (checked when a Subscription is written).
     pub policy: crate::outbound::OutboundPolicy,
+    /// This server instance (in its leases and its announcements to other instances).
+    pub instance: String,
     /// Woken after a commit that recorded events, or changed a subscription.
     pub wake: Notify,
     /// Raised after each commit with events (of this instance, or announced by another):
@@ -406,6 +408,7 @@ impl Registry {
         Registry {
             by_type: Default::default(),
             policy,
+            instance: uuid::Uuid::new_v4().to_string(),
             wake: Notify::new(),
             events_committed: tokio::sync::watch::Sender::new(0),
             ws_tokens: Default::default(),
