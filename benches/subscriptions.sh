@@ -22,4 +22,4 @@ trap 'kill $server' EXIT
 for _ in $(seq 100); do curl -sf "$base/metadata" >/dev/null && break; sleep 0.2; done
 
 "$bin/fhirgate-load" --base "$base" --scenario notify --subscriptions 100 --rate "$rate" \
-    --seconds "$seconds" --clients "${IN_FLIGHT:-256}"
+    --seconds "$seconds" --clients "${IN_FLIGHT:-128}"
