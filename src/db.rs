@@ -34,7 +34,12 @@ pub async fn connect_pool(url: &str, max_connections: u32) -> Result<DatabaseCon
     // generic plan for all bind values. A search's best plan depends on its values (one
     // patient's few hundred rows, or a code on a fifth of the table), so each run is
     // planned for its own.
-    connect_with(url, max_connections, "SET plan_cache_mode = force_custom_plan").await
+    connect_with(
+        url,
+        max_connections,
+        "SET plan_cache_mode = force_custom_plan",
+    )
+    .await
 }
 
 /// PostgreSQL connections for subscription delivery bookkeeping (leases, positions,

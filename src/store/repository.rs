@@ -140,7 +140,7 @@ pub async fn update(
 }
 
 /// Sets the elements the server owns, whatever the client sent: `Subscription.status`
-/// (`stored` is the current version, if any).
+/// and `Subscription.error` (`stored` is the current version, if any).
 fn own_elements(resource_type: &str, content: &mut Json, stored: Option<&Json>) {
     if resource_type != "Subscription" {
         return;
@@ -150,6 +150,22 @@ fn own_elements(resource_type: &str, content: &mut Json, stored: Option<&Json>) 
         stored.and_then(|s| s["status"].as_str()),
     );
     content["status"] = Json::from(status);
+    // `Subscription.error` reports the server's last delivery error: kept while the
+    // subscription stays in error, gone once it is asked for again.
+    let error = stored
+        .filter(|_| status == "error")
+        .and_then(|s| s.get("error"))
+        .cloned();
+    if let Some(object) = content.as_object_mut() {
+        match error {
+            Some(error) => {
+                object.insert("error".into(), error);
+            }
+            None => {
+                object.remove("error");
+            }
+        }
+    }
 }
 
 /// `PUT [type]?criteria`: update the one match, create when nothing matches.

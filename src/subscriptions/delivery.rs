@@ -354,6 +354,10 @@ impl Deliverer {
         let now = now_micros();
         let due = outbox::due_states(self.store.connection(), now).await?;
         for state in due {
+            if state.ends_at.is_some_and(|end| end <= now) {
+                self.end(&state).await;
+                continue;
+            }
             if state.channel != "rest-hook" {
                 continue;
             }
@@ -401,13 +405,35 @@ impl Deliverer {
         Ok(())
     }
 
+    /// Turns off a subscription whose `end` has passed (R4: "the time for the server to
+    /// turn the subscription off").
+    async fn end(&self, state: &DeliveryState) {
+        let (id, from) = (state.subscription_id.clone(), state.status.clone());
+        let result = self
+            .store
+            .writer()
+            .write(move |txn| {
+                Box::pin(async move { set_status(txn, &id, &from, "off", None).await })
+            })
+            .await;
+        if let Err(err) = result {
+            tracing::warn!(
+                subscription = %state.subscription_id,
+                "cannot turn off a subscription past its end: {}",
+                err.message()
+            );
+        }
+    }
+
     /// Takes or renews the lease of a subscription; false when another instance holds it.
     async fn claim(&self, id: &str) -> FhirResult<bool> {
         let (instance, lease) = (self.instance().to_string(), self.lease_micros());
         let id = id.to_string();
         bookkeep(
             &self.store,
-            Box::new(move |conn| Box::pin(async move { claim_in(conn, &id, &instance, lease).await })),
+            Box::new(move |conn| {
+                Box::pin(async move { claim_in(conn, &id, &instance, lease).await })
+            }),
         )
         .await
     }
@@ -430,8 +456,11 @@ impl Deliverer {
             known.lease_until
         };
         let mut state = if must_claim {
-            let (owned_id, instance, lease) =
-                (id.to_string(), self.instance().to_string(), self.lease_micros());
+            let (owned_id, instance, lease) = (
+                id.to_string(),
+                self.instance().to_string(),
+                self.lease_micros(),
+            );
             bookkeep(
                 &self.store,
                 Box::new(move |conn| {
@@ -531,9 +560,7 @@ impl Deliverer {
                 continue;
             };
             busy_at = Instant::now();
-            let outcome = self
-                .send(&current, content, settings, kind, &events)
-                .await;
+            let outcome = self.send(&current, content, settings, kind, &events).await;
             // None: the lease went to another instance.
             state = self.record(&current, kind, &events, outcome).await?;
             lease_until = now_micros() + self.lease_micros();
@@ -758,11 +785,7 @@ impl Deliverer {
         // The outcome, and the state after it, in one statement.
         let next = bookkeep(
             &self.store,
-            Box::new(move |conn| {
-                Box::pin(async move {
-                    job.apply(conn).await
-                })
-            }),
+            Box::new(move |conn| Box::pin(async move { job.apply(conn).await })),
         )
         .await?;
         let Some(mut next) = next else {

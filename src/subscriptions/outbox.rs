@@ -78,6 +78,11 @@ pub async fn subscription_written(
         .map(|d| d.channel.clone())
         .unwrap_or_default();
     let heartbeat = delivery.as_ref().map_or(0, |d| d.heartbeat_seconds) as i64;
+    // R4 `Subscription.end`: when the server turns the subscription off.
+    let ends_at: Option<i64> = content
+        .and_then(|c| c["end"].as_str())
+        .and_then(crate::search::extract::parse_date_range)
+        .map(|(low, _)| low);
     let stored = conn
         .query_one_raw(statement(
             backend,
@@ -106,12 +111,13 @@ pub async fn subscription_written(
             conn.execute_raw(statement(
                 backend,
                 "INSERT INTO subscription_state (subscription_id, status, channel, \
-                 heartbeat_seconds, signing_secret) VALUES (?, ?, ?, ?, ?)",
+                 heartbeat_seconds, ends_at, signing_secret) VALUES (?, ?, ?, ?, ?, ?)",
                 vec![
                     id.into(),
                     status.into(),
                     channel.into(),
                     heartbeat.into(),
+                    ends_at.into(),
                     secret.into(),
                 ],
             ))
@@ -121,9 +127,15 @@ pub async fn subscription_written(
             let before: String = row.try_get("", "status")?;
             let restart = status == "requested" && before != "requested";
             let mut sql = String::from(
-                "UPDATE subscription_state SET status = ?, channel = ?, heartbeat_seconds = ?",
+                "UPDATE subscription_state SET status = ?, channel = ?, heartbeat_seconds = ?, \
+                 ends_at = ?",
             );
-            let mut values: Vec<Value> = vec![status.into(), channel.into(), heartbeat.into()];
+            let mut values: Vec<Value> = vec![
+                status.into(),
+                channel.into(),
+                heartbeat.into(),
+                ends_at.into(),
+            ];
             if let Some(secret) = secret {
                 sql.push_str(", signing_secret = ?");
                 values.push(secret.into());
@@ -360,6 +372,8 @@ pub struct DeliveryState {
     pub channel: String,
     pub heartbeat_seconds: i64,
     pub handshake_pending: bool,
+    /// R4 `Subscription.end`, microseconds since the Unix epoch.
+    pub ends_at: Option<i64>,
     pub events_since_start: i64,
     pub delivered_through: i64,
     pub failures: i64,
@@ -372,7 +386,8 @@ pub struct DeliveryState {
     pub lease_until: i64,
 }
 
-pub const STATE_COLUMNS: &str = "subscription_id, status, channel, heartbeat_seconds, handshake_pending, \
+pub const STATE_COLUMNS: &str =
+    "subscription_id, status, channel, heartbeat_seconds, handshake_pending, ends_at, \
     (SELECT c.last_number FROM subscription_counters c \
       WHERE c.subscription_id = subscription_state.subscription_id) AS events_since_start, \
     delivered_through, failures, failing_since, next_attempt_at, \
@@ -397,9 +412,9 @@ pub async fn state(
     row.map(|row| state_from_row(&row)).transpose()
 }
 
-/// The states of live rest-hook subscriptions with something to do by `now`: a
-/// handshake, events to send, or a heartbeat due. (A websocket subscription sends on its
-/// bound connections, see `websocket`.)
+/// The states of live subscriptions with something to do by `now`: for rest-hooks a
+/// handshake, events to send or a heartbeat due; for any, an `end` that has passed. (A
+/// websocket subscription sends on its bound connections, see `websocket`.)
 pub async fn due_states(conn: &impl ConnectionTrait, now: i64) -> FhirResult<Vec<DeliveryState>> {
     let backend = conn.get_database_backend();
     let rows = conn
@@ -411,9 +426,10 @@ pub async fn due_states(conn: &impl ConnectionTrait, now: i64) -> FhirResult<Vec
                    (channel = 'rest-hook' AND next_attempt_at <= ? \
                        AND (handshake_pending OR delivered_through < {EVENTS_SINCE_START})) \
                    OR (channel = 'rest-hook' AND status = 'active' AND heartbeat_seconds > 0 \
-                       AND last_sent_at + heartbeat_seconds * 1000000 <= ?))"
+                       AND last_sent_at + heartbeat_seconds * 1000000 <= ?) \
+                   OR ends_at <= ?)"
             ),
-            vec![now.into(), now.into()],
+            vec![now.into(), now.into(), now.into()],
         ))
         .await?;
     rows.iter().map(state_from_row).collect()
@@ -426,6 +442,7 @@ pub fn state_from_row(row: &sea_orm::QueryResult) -> FhirResult<DeliveryState> {
         channel: row.try_get("", "channel")?,
         heartbeat_seconds: row.try_get("", "heartbeat_seconds")?,
         handshake_pending: row.try_get("", "handshake_pending")?,
+        ends_at: row.try_get("", "ends_at")?,
         events_since_start: row.try_get("", "events_since_start")?,
         delivered_through: row.try_get("", "delivered_through")?,
         failures: row.try_get::<i32>("", "failures")? as i64,

@@ -104,6 +104,8 @@ struct Trigger {
 #[derive(Debug, Clone)]
 pub struct LiveSubscription {
     pub id: String,
+    /// R4 `Subscription.end` (microseconds): no events after it.
+    ends_at: Option<i64>,
     triggers: Vec<Trigger>,
     /// Filters (all must hold), each for one resource type (or any).
     filters: Vec<(String, Criterion)>,
@@ -126,6 +128,10 @@ impl LiveSubscription {
         if !is_live(subscription["status"].as_str()?) {
             return None;
         }
+        let ends_at = subscription["end"]
+            .as_str()
+            .and_then(crate::search::extract::parse_date_range)
+            .map(|(low, _)| low);
         let criteria = subscription["criteria"].as_str()?;
         if criteria.starts_with("http://") || criteria.starts_with("https://") {
             let topic = Topics::get().find(criteria)?;
@@ -167,6 +173,7 @@ impl LiveSubscription {
                 .collect();
             Some(LiveSubscription {
                 id,
+                ends_at,
                 triggers,
                 filters,
             })
@@ -176,6 +183,7 @@ impl LiveSubscription {
             let (resource_type, query) = criteria.split_once('?').unwrap_or((criteria, ""));
             Some(LiveSubscription {
                 id,
+                ends_at,
                 triggers: vec![Trigger {
                     resource_type: resource_type.to_string(),
                     interactions: vec![Interaction::Create, Interaction::Update],
@@ -195,6 +203,12 @@ impl LiveSubscription {
     /// Whether `change` triggers this subscription. `current` is the new content (`None`
     /// for a deletion); `previous` the content before (for deletions and `%previous`).
     pub fn decide(&self, change: &Change, entries: &mut EntryCache) -> Decision {
+        if self
+            .ends_at
+            .is_some_and(|end| end <= crate::store::time::now_micros())
+        {
+            return Decision::No;
+        }
         let mut probe: Vec<(String, String)> = Vec::new();
         let mut triggered = false;
         for trigger in &self.triggers {

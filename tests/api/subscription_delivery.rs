@@ -833,3 +833,32 @@ async fn websocket_clients_bind_with_a_token_and_receive_handshake_events_and_he
         "{status}"
     );
 }
+
+#[tokio::test]
+async fn a_subscription_ends_at_its_end_time() {
+    let app = spawn_delivering_app().await;
+    let receiver = Receiver::start().await;
+    let mut body = subscription(&receiver.url, "observation", &[], "id-only");
+    let end = chrono::Utc::now() + chrono::Duration::seconds(3);
+    body["end"] = json!(end.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    let id = subscribe(&app, &body).await;
+    wait_for_status(&app, &id, "active", 10).await;
+    app.create(&heart_rate("Patient/p1", 60)).await;
+    receiver
+        .wait_until(10, |r| delivered_numbers(r) == vec![1])
+        .await;
+    let ended = wait_for_status(&app, &id, "off", 10).await;
+    assert_eq!(ended["end"], body["end"]);
+    app.create(&heart_rate("Patient/p1", 61)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        delivered_numbers(&receiver.received()),
+        vec![1],
+        "nothing after the end"
+    );
+    let status = json_with_status(app.get(&format!("Subscription/{id}/$status")).await, 200).await;
+    assert!(
+        status.to_string().contains("\"valueCode\":\"off\""),
+        "{status}"
+    );
+}

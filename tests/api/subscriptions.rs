@@ -52,8 +52,13 @@ async fn the_server_owns_the_status() {
     // A client cannot set error or active; it can switch it off and ask for it again.
     let mut update = active.clone();
     update["status"] = json!("error");
+    update["error"] = json!("forged by the client");
     let stored = json_with_status(app.put(&format!("Subscription/{id}"), &update).await, 200).await;
     assert_eq!(stored["status"], "active");
+    assert!(
+        stored.get("error").is_none(),
+        "Subscription.error is the server's: {stored}"
+    );
     update["status"] = json!("off");
     let stored = json_with_status(app.put(&format!("Subscription/{id}"), &update).await, 200).await;
     assert_eq!(stored["status"], "off");

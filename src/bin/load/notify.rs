@@ -75,12 +75,15 @@ pub async fn run(client: &reqwest::Client, settings: &Settings) -> Value {
                 }]}
             }
         });
-        let response = authorised(client.post(format!("{}/Subscription", settings.base)), settings)
-            .header("content-type", "application/fhir+json")
-            .body(subscription.to_string())
-            .send()
-            .await
-            .expect("create subscription");
+        let response = authorised(
+            client.post(format!("{}/Subscription", settings.base)),
+            settings,
+        )
+        .header("content-type", "application/fhir+json")
+        .body(subscription.to_string())
+        .send()
+        .await
+        .expect("create subscription");
         assert!(
             response.status().is_success(),
             "cannot create a subscription: {}",
@@ -104,7 +107,8 @@ pub async fn run(client: &reqwest::Client, settings: &Settings) -> Value {
     let errors = Arc::new(AtomicU64::new(0));
     let skipped = Arc::new(AtomicU64::new(0));
     let in_flight = Arc::new(tokio::sync::Semaphore::new(settings.max_in_flight));
-    let mut ticker = tokio::time::interval(Duration::from_nanos(1_000_000_000 / settings.rate.max(1)));
+    let mut ticker =
+        tokio::time::interval(Duration::from_nanos(1_000_000_000 / settings.rate.max(1)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let total = settings.rate * settings.seconds;
     let started = Instant::now();
@@ -126,9 +130,12 @@ pub async fn run(client: &reqwest::Client, settings: &Settings) -> Value {
             "valueQuantity": {"value": 60 + (k % 40), "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}
         })
         .to_string();
-        let request = authorised(client.post(format!("{}/Observation", settings.base)), settings)
-            .header("content-type", "application/fhir+json")
-            .body(body);
+        let request = authorised(
+            client.post(format!("{}/Observation", settings.base)),
+            settings,
+        )
+        .header("content-type", "application/fhir+json")
+        .body(body);
         let (sent, errors) = (sent.clone(), errors.clone());
         tasks.push(tokio::spawn(async move {
             let at = Instant::now();
@@ -227,11 +234,16 @@ fn record(receipts: &Receipts, body: &str, arrived: Instant) {
         "event-notification" => {
             receipts.notifications.fetch_add(1, Ordering::Relaxed);
             let mut events = receipts.events.lock().unwrap();
-            for event in parameters.iter().filter(|p| p["name"] == "notification-event") {
+            for event in parameters
+                .iter()
+                .filter(|p| p["name"] == "notification-event")
+            {
                 for part in event["part"].as_array().into_iter().flatten() {
                     if part["name"] == "focus" {
                         // …/Observation/{id}/_history/{version}
-                        let reference = part["valueReference"]["reference"].as_str().unwrap_or_default();
+                        let reference = part["valueReference"]["reference"]
+                            .as_str()
+                            .unwrap_or_default();
                         let mut segments = reference.rsplit('/');
                         let _version = segments.next();
                         let _history = segments.next();
