@@ -66,6 +66,10 @@ pub struct ServeArgs {
     /// another instance sharing the database takes over after it [default: 30s].
     #[arg(long, env = "FHIRGATE_DELIVERY_LEASE")]
     pub delivery_lease: Option<String>,
+    /// How long delivered subscription events stay available to `$events`, and delivery
+    /// attempts in the log [default: 7d]. Undelivered events are kept regardless.
+    #[arg(long, env = "FHIRGATE_SUBSCRIPTION_EVENT_RETENTION")]
+    pub subscription_event_retention: Option<String>,
 }
 
 /// The same settings as they may appear in the TOML file.
@@ -89,6 +93,8 @@ struct FileSettings {
     subscription_retry_horizon: Option<String>,
     #[serde(alias = "delivery-lease")]
     delivery_lease: Option<String>,
+    #[serde(alias = "subscription-event-retention")]
+    subscription_event_retention: Option<String>,
 }
 
 /// Fully resolved server settings.
@@ -105,10 +111,12 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     pub subscription_retry_horizon: Duration,
     pub delivery_lease: Duration,
+    pub subscription_event_retention: Duration,
 }
 
 pub const DEFAULT_RETRY_HORIZON: Duration = Duration::from_secs(3 * 24 * 3600);
 pub const DEFAULT_DELIVERY_LEASE: Duration = Duration::from_secs(30);
+pub const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// A duration such as `3d`, `12h`, `15m`, `90s` or `500ms`.
 pub fn parse_duration(text: &str) -> Option<Duration> {
@@ -175,6 +183,7 @@ impl ServeConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             subscription_retry_horizon: DEFAULT_RETRY_HORIZON,
             delivery_lease: DEFAULT_DELIVERY_LEASE,
+            subscription_event_retention: DEFAULT_EVENT_RETENTION,
         }
     }
 
@@ -225,6 +234,12 @@ impl ServeConfig {
                 "delivery-lease",
                 args.delivery_lease.or(file.delivery_lease),
                 DEFAULT_DELIVERY_LEASE,
+            )?,
+            subscription_event_retention: duration_setting(
+                "subscription-event-retention",
+                args.subscription_event_retention
+                    .or(file.subscription_event_retention),
+                DEFAULT_EVENT_RETENTION,
             )?,
         };
         config.check()?;

@@ -116,6 +116,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, StartError> {
             lease: config.delivery_lease,
             poll: std::time::Duration::from_secs(1),
             policy,
+            retention: config.subscription_event_retention,
         },
         metrics.clone(),
     );

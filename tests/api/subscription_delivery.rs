@@ -862,3 +862,60 @@ async fn a_subscription_ends_at_its_end_time() {
         "{status}"
     );
 }
+
+#[tokio::test]
+async fn delivered_events_are_pruned_after_the_retention_and_undelivered_ones_kept() {
+    let app = spawn_app_with(|config| {
+        config.outbound_allow = vec!["127.0.0.1".into()];
+        config.subscription_event_retention = Duration::from_secs(2);
+    })
+    .await;
+    let mut receiver = Receiver::start().await;
+    let id = subscribe(
+        &app,
+        &subscription(&receiver.url, "observation", &[], "id-only"),
+    )
+    .await;
+    wait_for_status(&app, &id, "active", 10).await;
+    app.create(&heart_rate("Patient/p1", 60)).await;
+    receiver
+        .wait_until(10, |r| delivered_numbers(r) == vec![1])
+        .await;
+    receiver.go_down().await;
+    app.create(&heart_rate("Patient/p1", 61)).await;
+    wait_for_status(&app, &id, "error", 10).await;
+
+    let numbers = |bundle: &Value| -> Vec<String> {
+        bundle["entry"][0]["resource"]["parameter"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["name"] == "notification-event")
+            .map(|p| p["part"][0]["valueString"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let replay =
+            json_with_status(app.get(&format!("Subscription/{id}/$events")).await, 200).await;
+        if numbers(&replay) == vec!["2"] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "event 1 (delivered) should be pruned and event 2 (undelivered) kept: {:?}",
+            numbers(&replay)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    receiver.come_back().await;
+    let received = receiver
+        .wait_until(20, |r| delivered_numbers(r) == vec![1, 2])
+        .await;
+    assert_eq!(delivered_numbers(&received), vec![1, 2]);
+    let status = json_with_status(app.get(&format!("Subscription/{id}/$status")).await, 200).await;
+    assert!(
+        status.to_string().contains("\"valueString\":\"2\""),
+        "numbers go on: {status}"
+    );
+}
