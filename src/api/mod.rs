@@ -136,7 +136,7 @@ pub fn app(state: AppState) -> Router {
 
 /// Prometheus metrics: subscription delivery counters and queue figures.
 async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
-    match crate::subscriptions::delivery::queue_figures(state.store.connection()).await {
+    match crate::subscriptions::outbox::queue_figures(state.store.connection()).await {
         Ok(queue) => (
             [(
                 axum::http::header::CONTENT_TYPE,

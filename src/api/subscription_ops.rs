@@ -15,7 +15,7 @@ use super::AppState;
 use crate::error::{FhirError, FhirResult};
 use crate::store::time::now_micros;
 use crate::subscriptions::notification::{
-    notification_bundle, status_parameters, Change, Event, NotificationType, SubscriptionState,
+    notification_bundle, status_parameters, NotificationType, SubscriptionState,
 };
 use crate::subscriptions::outbox::{self, DeliveryState};
 use crate::subscriptions::request::{Delivery, PayloadContent};
@@ -232,19 +232,7 @@ pub async fn events(
         } else {
             None
         };
-        events.push(Event {
-            number: event.number,
-            timestamp_micros: event.occurred,
-            resource_type: event.resource_type,
-            id: event.resource_id,
-            version_id: event.version_id,
-            change: match event.change.as_str() {
-                "create" => Change::Created,
-                "delete" => Change::Deleted,
-                _ => Change::Updated,
-            },
-            resource,
-        });
+        events.push(event.to_event(resource));
     }
     let bundle = notification_bundle(
         &base.0,

@@ -23,25 +23,23 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::future::BoxFuture;
-use sea_orm::{ConnectionTrait, DbErr, Value};
+use sea_orm::{ConnectionTrait, Value};
 use serde_json::Value as Json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::notification::{
-    notification_bundle, Change, Event, NotificationType, SubscriptionState,
-};
+use super::bookkeeping::{bookkeep, claim_in, set_status, Bookkeeping};
+use super::notification::{notification_bundle, NotificationType, SubscriptionState};
 use super::outbox::{self, DeliveryState, StoredEvent};
 use super::registry::is_live;
 use super::request::Delivery;
+use super::signing::{signature, SIGNATURE_HEADER};
 use crate::error::FhirResult;
 use crate::metrics::{Metrics, NotificationKind};
 use crate::outbound::OutboundPolicy;
 use crate::store::sql::statement;
 use crate::store::time::now_micros;
-use crate::store::versions::{read_current, write_version, Method};
-use crate::store::write_txn::{Table, WriteTxn};
+use crate::store::write_txn::Table;
 use crate::store::Store;
 
 /// PostgreSQL channel announcing new events.
@@ -93,84 +91,6 @@ pub struct Settings {
     pub policy: OutboundPolicy,
     /// How long delivered events (for `$events`) and attempts are kept.
     pub retention: Duration,
-}
-
-/// The connection delivery bookkeeping runs on: on SQLite a job of the shared writer
-/// (one writer for the whole database); on PostgreSQL single statements, each its own
-/// transaction on the bookkeeping connections (`db::connect_bookkeeping`), touching one
-/// `subscription_state` row. Bookkeeping never shares a transaction with resource
-/// writes there, so it never holds a row while waiting for another.
-pub enum Bookkeeping<'a> {
-    Shared(&'a WriteTxn<'a>),
-    Own(&'a sea_orm::DatabaseConnection),
-}
-
-#[async_trait::async_trait]
-impl ConnectionTrait for Bookkeeping<'_> {
-    fn get_database_backend(&self) -> sea_orm::DbBackend {
-        match self {
-            Bookkeeping::Shared(txn) => txn.get_database_backend(),
-            Bookkeeping::Own(txn) => txn.get_database_backend(),
-        }
-    }
-
-    async fn execute_raw(&self, stmt: sea_orm::Statement) -> Result<sea_orm::ExecResult, DbErr> {
-        match self {
-            Bookkeeping::Shared(txn) => txn.execute_raw(stmt).await,
-            Bookkeeping::Own(txn) => txn.execute_raw(stmt).await,
-        }
-    }
-
-    async fn execute_unprepared(&self, sql: &str) -> Result<sea_orm::ExecResult, DbErr> {
-        match self {
-            Bookkeeping::Shared(txn) => txn.execute_unprepared(sql).await,
-            Bookkeeping::Own(txn) => txn.execute_unprepared(sql).await,
-        }
-    }
-
-    async fn query_one_raw(
-        &self,
-        stmt: sea_orm::Statement,
-    ) -> Result<Option<sea_orm::QueryResult>, DbErr> {
-        match self {
-            Bookkeeping::Shared(txn) => txn.query_one_raw(stmt).await,
-            Bookkeeping::Own(txn) => txn.query_one_raw(stmt).await,
-        }
-    }
-
-    async fn query_all_raw(
-        &self,
-        stmt: sea_orm::Statement,
-    ) -> Result<Vec<sea_orm::QueryResult>, DbErr> {
-        match self {
-            Bookkeeping::Shared(txn) => txn.query_all_raw(stmt).await,
-            Bookkeeping::Own(txn) => txn.query_all_raw(stmt).await,
-        }
-    }
-}
-
-pub(crate) type BookkeepingJob<T> =
-    Box<dyn for<'a> FnOnce(&'a Bookkeeping<'a>) -> BoxFuture<'a, FhirResult<T>> + Send>;
-
-/// Runs `work` in a bookkeeping transaction (see [`Bookkeeping`]) and commits it.
-pub(crate) async fn bookkeep<T: Send + 'static>(
-    store: &Store,
-    work: BookkeepingJob<T>,
-) -> FhirResult<T> {
-    if let Some(connection) = store.bookkeeping() {
-        let book = Bookkeeping::Own(connection);
-        work(&book).await
-    } else {
-        store
-            .writer()
-            .write(move |txn| {
-                Box::pin(async move {
-                    let book = Bookkeeping::Shared(txn);
-                    work(&book).await
-                })
-            })
-            .await
-    }
 }
 
 /// The running delivery of one server.
@@ -268,12 +188,14 @@ pub fn start(store: Store, settings: Settings, metrics: Arc<Metrics>) -> Deliver
 
 async fn dispatch(delivery: Arc<Deliverer>, mut stopped: watch::Receiver<bool>) {
     let registry = delivery.store.subscriptions().clone();
-    let prune_every = (delivery.settings.retention / 2).min(MAX_PRUNE_INTERVAL);
+    let prune_every = (delivery.settings.retention / 2).min(super::retention::MAX_PRUNE_INTERVAL);
     let mut pruned_at = Instant::now();
     loop {
         if pruned_at.elapsed() >= prune_every {
             pruned_at = Instant::now();
-            if let Err(err) = prune(&delivery.store, delivery.settings.retention).await {
+            if let Err(err) =
+                super::retention::prune(&delivery.store, delivery.settings.retention).await
+            {
                 tracing::warn!("cannot prune old subscription events: {}", err.message());
             }
         }
@@ -292,53 +214,6 @@ async fn dispatch(delivery: Arc<Deliverer>, mut stopped: watch::Receiver<bool>) 
             );
         }
     }
-}
-
-/// Longest time between two prunings of old events and attempts.
-const MAX_PRUNE_INTERVAL: Duration = Duration::from_secs(600);
-/// Rows deleted per statement when pruning, so a pruning never holds up writes for long.
-const PRUNE_BATCH: i64 = 5000;
-
-/// Deletes what is older than `retention`: delivered events (and the events of
-/// subscriptions that are off or deleted), and attempts. Undelivered events of live
-/// subscriptions are kept however old: nothing accepted is dropped before delivery.
-pub async fn prune(store: &Store, retention: Duration) -> FhirResult<u64> {
-    let before = now_micros() - retention.as_micros() as i64;
-    let mut deleted = 0;
-    for sql in [
-        "DELETE FROM subscription_events WHERE seq IN (SELECT e.seq FROM subscription_events e \
-           JOIN subscription_state s ON s.subscription_id = e.subscription_id \
-           WHERE e.occurred < ? AND e.event_number IS NOT NULL \
-           AND (e.event_number <= s.delivered_through OR s.status NOT IN ('requested', 'active', 'error')) \
-           LIMIT ?)",
-        "DELETE FROM subscription_attempts WHERE id IN (SELECT id FROM subscription_attempts \
-           WHERE attempted_at < ? LIMIT ?)",
-    ] {
-        loop {
-            let count = bookkeep(
-                store,
-                Box::new(move |conn| {
-                    Box::pin(async move {
-                        let backend = conn.get_database_backend();
-                        let result = conn
-                            .execute_raw(statement(
-                                backend,
-                                sql,
-                                vec![before.into(), PRUNE_BATCH.into()],
-                            ))
-                            .await?;
-                        Ok(result.rows_affected())
-                    })
-                }),
-            )
-            .await?;
-            deleted += count;
-            if count < PRUNE_BATCH as u64 {
-                break;
-            }
-        }
-    }
-    Ok(deleted)
 }
 
 /// Listens for other instances' announcements (PostgreSQL): a changed Subscription
@@ -651,19 +526,7 @@ impl Deliverer {
             } else {
                 None
             };
-            notified.push(Event {
-                number: event.number,
-                timestamp_micros: event.occurred,
-                resource_type: event.resource_type.clone(),
-                id: event.resource_id.clone(),
-                version_id: event.version_id,
-                change: match event.change.as_str() {
-                    "create" => Change::Created,
-                    "delete" => Change::Deleted,
-                    _ => Change::Updated,
-                },
-                resource,
-            });
+            notified.push(event.to_event(resource));
         }
         // A handshake or heartbeat reports the status the subscription will have once
         // it is answered; an event notification the current one.
@@ -982,73 +845,6 @@ impl Recorded {
     }
 }
 
-/// Takes or renews the lease of subscription `id` for `instance`, unless another
-/// instance holds an unexpired one.
-async fn claim_in(
-    conn: &impl ConnectionTrait,
-    id: &str,
-    instance: &str,
-    lease_micros: i64,
-) -> FhirResult<bool> {
-    let now = now_micros();
-    let backend = conn.get_database_backend();
-    let result = conn
-        .execute_raw(statement(
-            backend,
-            "UPDATE subscription_state SET owner = ?, lease_until = ? \
-             WHERE subscription_id = ? AND (owner IS NULL OR owner = ? OR lease_until < ?)",
-            vec![
-                instance.into(),
-                (now + lease_micros).into(),
-                id.into(),
-                instance.into(),
-                now.into(),
-            ],
-        ))
-        .await?;
-    Ok(result.rows_affected() == 1)
-}
-
-/// Writes a new version of the Subscription with the status the server gave it (and the
-/// R4 `error` element), unless the client changed its status meanwhile.
-pub(crate) async fn set_status(
-    txn: &WriteTxn<'_>,
-    id: &str,
-    from: &str,
-    to: &str,
-    error: Option<&str>,
-) -> FhirResult<()> {
-    let Some(current) = read_current(txn, "Subscription", id).await? else {
-        return Ok(());
-    };
-    let Some(mut content) = current.content else {
-        return Ok(());
-    };
-    if content["status"] != from {
-        return Ok(());
-    }
-    content["status"] = Json::from(to);
-    match (to, error) {
-        ("error", Some(error)) => content["error"] = Json::from(error),
-        _ => {
-            if let Some(object) = content.as_object_mut() {
-                object.remove("error");
-            }
-        }
-    }
-    write_version(
-        txn,
-        "Subscription",
-        id,
-        Some(current.version_id),
-        Method::Put,
-        Some(content),
-        now_micros(),
-    )
-    .await?;
-    Ok(())
-}
-
 /// Delay before retry number `failures` (1 = the first retry): exponential with full
 /// jitter in its upper half, so subscribers failing together do not retry together.
 fn backoff(failures: i64) -> Duration {
@@ -1058,18 +854,6 @@ fn backoff(failures: i64) -> Duration {
         .min(MAX_BACKOFF);
     let random = (uuid::Uuid::new_v4().as_u128() % 1000) as f64 / 1000.0;
     ceiling.mul_f64(0.5 + random / 2.0)
-}
-
-/// The header carrying the notification signature.
-pub const SIGNATURE_HEADER: &str = "X-Fhirgate-Signature";
-
-/// `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`: the time is signed too, so a
-/// receiver can refuse replays of old notifications.
-pub fn signature(secret: &str, unix_seconds: i64, body: &str) -> String {
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
-    let tag = ring::hmac::sign(&key, format!("{unix_seconds}.{body}").as_bytes());
-    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("t={unix_seconds},v1={hex}")
 }
 
 /// A transport error in words, without the URL (which may carry a token).
@@ -1083,55 +867,6 @@ fn describe(err: reqwest::Error) -> String {
     } else {
         format!("the request failed: {}", err.without_url())
     }
-}
-
-/// Queue figures for `/metrics`.
-pub async fn queue_figures(
-    conn: &impl ConnectionTrait,
-) -> FhirResult<crate::metrics::QueueFigures> {
-    let backend = conn.get_database_backend();
-    let rows = conn
-        .query_all_raw(statement(
-            backend,
-            "SELECT s.status, COUNT(*) AS n, SUM(c.last_number - s.delivered_through) AS undelivered \
-             FROM subscription_state s JOIN subscription_counters c ON c.subscription_id = s.subscription_id \
-             GROUP BY s.status ORDER BY s.status",
-            vec![],
-        ))
-        .await?;
-    let mut figures = crate::metrics::QueueFigures::default();
-    for row in &rows {
-        let status: String = row.try_get("", "status")?;
-        let count: i64 = row.try_get("", "n")?;
-        let undelivered: Option<i64> = match backend {
-            // SUM of BIGINT is NUMERIC on PostgreSQL.
-            sea_orm::DbBackend::Postgres => row
-                .try_get::<Option<sea_orm::prelude::Decimal>>("", "undelivered")
-                .ok()
-                .flatten()
-                .and_then(|d| d.to_string().parse().ok()),
-            _ => row.try_get("", "undelivered")?,
-        };
-        if is_live(&status) {
-            figures.undelivered_events += undelivered.unwrap_or(0);
-        }
-        figures.subscriptions.push((status, count));
-    }
-    let oldest = conn
-        .query_one_raw(statement(
-            backend,
-            "SELECT MIN(e.occurred) AS oldest FROM subscription_state s \
-             JOIN subscription_events e ON e.subscription_id = s.subscription_id \
-             AND e.event_number = s.delivered_through + 1 \
-             WHERE s.status IN ('requested', 'active', 'error')",
-            vec![],
-        ))
-        .await?;
-    if let Some(oldest) = oldest.and_then(|r| r.try_get::<Option<i64>>("", "oldest").ok().flatten())
-    {
-        figures.oldest_undelivered_seconds = ((now_micros() - oldest).max(0)) as f64 / 1e6;
-    }
-    Ok(figures)
 }
 
 #[cfg(test)]
@@ -1151,14 +886,5 @@ mod tests {
             );
         }
         assert!(backoff(30) <= MAX_BACKOFF);
-    }
-
-    #[test]
-    fn signatures_are_hmac_sha256_of_time_and_body() {
-        // RFC 4231 test case 2 has key "Jefe"; here the signed text is "<t>.<body>".
-        let header = signature("Jefe", 1, "what do ya want for nothing?");
-        assert!(header.starts_with("t=1,v1="));
-        assert_eq!(header.len(), "t=1,v1=".len() + 64);
-        assert_ne!(header, signature("Jefe", 2, "what do ya want for nothing?"));
     }
 }

@@ -9,12 +9,16 @@
 //!   the delivery state of each subscription.
 //! - `notification`: the notification Bundles.
 //! - `delivery`: the workers that send notifications (rest-hook), with retries, leases
-//!   shared between server instances, heartbeats and the attempt log.
+//!   shared between server instances, and heartbeats; `bookkeeping` records what they
+//!   did, `signing` signs notifications, `retention` prunes what is no longer needed.
 //! - `websocket`: the websocket channel (`bind-with-token`).
+pub mod bookkeeping;
 pub mod delivery;
 pub mod notification;
 pub mod outbox;
 pub mod registry;
 pub mod request;
+pub mod retention;
+pub mod signing;
 pub mod topics;
 pub mod websocket;

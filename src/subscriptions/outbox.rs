@@ -10,13 +10,14 @@
 use sea_orm::{ConnectionTrait, DbBackend, Value};
 use serde_json::Value as Json;
 
-use super::registry::{Change, Decision, EntryCache};
+use super::registry::{is_live, Change, Decision, EntryCache};
 use super::request::{take_signing_secret, Delivery};
 use super::topics::Interaction;
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::outcome::IssueCode;
 use crate::search::criteria::{condition, conjunction};
 use crate::store::sql::statement;
+use crate::store::time::now_micros;
 use crate::store::versions::read_version;
 use crate::store::write_txn::{Table, WriteTxn};
 
@@ -364,6 +365,26 @@ pub struct StoredEvent {
     pub change: String,
 }
 
+impl StoredEvent {
+    /// The event as a notification reports it, with the resource for `full-resource`.
+    pub fn to_event(&self, resource: Option<Json>) -> super::notification::Event {
+        use super::notification::Change;
+        super::notification::Event {
+            number: self.number,
+            timestamp_micros: self.occurred,
+            resource_type: self.resource_type.clone(),
+            id: self.resource_id.clone(),
+            version_id: self.version_id,
+            change: match self.change.as_str() {
+                "create" => Change::Created,
+                "delete" => Change::Deleted,
+                _ => Change::Updated,
+            },
+            resource,
+        }
+    }
+}
+
 /// Delivery state of one subscription.
 #[derive(Debug, Clone)]
 pub struct DeliveryState {
@@ -459,4 +480,53 @@ pub fn state_from_row(row: &sea_orm::QueryResult) -> FhirResult<DeliveryState> {
 /// Whether the backend is PostgreSQL (for `NOTIFY`).
 pub fn is_postgres(conn: &impl ConnectionTrait) -> bool {
     conn.get_database_backend() == DbBackend::Postgres
+}
+
+/// Queue figures for `/metrics`.
+pub async fn queue_figures(
+    conn: &impl ConnectionTrait,
+) -> FhirResult<crate::metrics::QueueFigures> {
+    let backend = conn.get_database_backend();
+    let rows = conn
+        .query_all_raw(statement(
+            backend,
+            "SELECT s.status, COUNT(*) AS n, SUM(c.last_number - s.delivered_through) AS undelivered \
+             FROM subscription_state s JOIN subscription_counters c ON c.subscription_id = s.subscription_id \
+             GROUP BY s.status ORDER BY s.status",
+            vec![],
+        ))
+        .await?;
+    let mut figures = crate::metrics::QueueFigures::default();
+    for row in &rows {
+        let status: String = row.try_get("", "status")?;
+        let count: i64 = row.try_get("", "n")?;
+        let undelivered: Option<i64> = match backend {
+            // SUM of BIGINT is NUMERIC on PostgreSQL.
+            sea_orm::DbBackend::Postgres => row
+                .try_get::<Option<sea_orm::prelude::Decimal>>("", "undelivered")
+                .ok()
+                .flatten()
+                .and_then(|d| d.to_string().parse().ok()),
+            _ => row.try_get("", "undelivered")?,
+        };
+        if is_live(&status) {
+            figures.undelivered_events += undelivered.unwrap_or(0);
+        }
+        figures.subscriptions.push((status, count));
+    }
+    let oldest = conn
+        .query_one_raw(statement(
+            backend,
+            "SELECT MIN(e.occurred) AS oldest FROM subscription_state s \
+             JOIN subscription_events e ON e.subscription_id = s.subscription_id \
+             AND e.event_number = s.delivered_through + 1 \
+             WHERE s.status IN ('requested', 'active', 'error')",
+            vec![],
+        ))
+        .await?;
+    if let Some(oldest) = oldest.and_then(|r| r.try_get::<Option<i64>>("", "oldest").ok().flatten())
+    {
+        figures.oldest_undelivered_seconds = ((now_micros() - oldest).max(0)) as f64 / 1e6;
+    }
+    Ok(figures)
 }

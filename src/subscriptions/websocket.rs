@@ -16,10 +16,8 @@ use axum::extract::ws::{Message, WebSocket};
 use sea_orm::ConnectionTrait;
 use serde_json::Value as Json;
 
-use super::delivery::{bookkeep, set_status};
-use super::notification::{
-    notification_bundle, Change, Event, NotificationType, SubscriptionState,
-};
+use super::bookkeeping::{bookkeep, set_status};
+use super::notification::{notification_bundle, NotificationType, SubscriptionState};
 use super::outbox;
 use super::registry::{is_live, WsToken};
 use super::request::{Delivery, PayloadContent};
@@ -281,19 +279,7 @@ async fn send_due(
                 } else {
                     None
                 };
-                events.push(Event {
-                    number: event.number,
-                    timestamp_micros: event.occurred,
-                    resource_type: event.resource_type.clone(),
-                    id: event.resource_id.clone(),
-                    version_id: event.version_id,
-                    change: match event.change.as_str() {
-                        "create" => Change::Created,
-                        "delete" => Change::Deleted,
-                        _ => Change::Updated,
-                    },
-                    resource,
-                });
+                events.push(event.to_event(resource));
             }
             let bundle = notification_bundle(
                 base,
