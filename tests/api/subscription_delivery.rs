@@ -164,6 +164,16 @@ async fn a_handshake_activates_and_each_payload_type_is_delivered() {
     for receiver in &receivers {
         assert_eq!(delivered_numbers(&receiver.received()), vec![1]);
     }
+
+    // A deleted subscription gets nothing more; the others go on.
+    let response = app.delete(&format!("Subscription/{}", ids[0])).await;
+    assert_eq!(response.status(), 204);
+    app.create(&heart_rate("Patient/p1", 73)).await;
+    receivers[1]
+        .wait_until(10, |r| delivered_numbers(r) == vec![1, 2])
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(delivered_numbers(&receivers[0].received()), vec![1]);
 }
 
 #[tokio::test]
