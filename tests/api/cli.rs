@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn temp_dir(name: &str) -> PathBuf {
+pub(super) fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "fhirgate-cli-{name}-{}",
         uuid::Uuid::new_v4().simple()
@@ -16,7 +16,7 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn fhirgate(dir: &Path) -> Command {
+pub(super) fn fhirgate(dir: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_fhirgate"));
     command
         .current_dir(dir)
@@ -28,7 +28,7 @@ fn fhirgate(dir: &Path) -> Command {
 }
 
 /// Starts `fhirgate serve` and returns it with the address it reports.
-fn serve(mut command: Command) -> (Child, String) {
+pub(super) fn serve(mut command: Command) -> (Child, String) {
     let mut child = command
         .stderr(Stdio::piped())
         .stdout(Stdio::null())

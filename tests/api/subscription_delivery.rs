@@ -929,3 +929,93 @@ async fn delivered_events_are_pruned_after_the_retention_and_undelivered_ones_ke
         "numbers go on: {status}"
     );
 }
+
+#[tokio::test]
+async fn a_killed_server_process_is_taken_over_by_another() {
+    use super::cli::{fhirgate, serve, temp_dir};
+
+    // The test database (its in-process server is stopped at once; the two instances are
+    // `fhirgate serve` processes).
+    let mut app = spawn_app().await;
+    if !app.is_postgres() {
+        eprintln!("skipped: several instances share a PostgreSQL database (set FHIRGATE_TEST_DATABASE_URL)");
+        return;
+    }
+    app.crash().await;
+    let dir = temp_dir("takeover");
+    let instance = || {
+        let mut command = fhirgate(&dir);
+        command.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &app.database_url,
+            "--outbound-allow",
+            "127.0.0.1",
+            "--delivery-lease",
+            "2s",
+        ]);
+        serve(command)
+    };
+    let (mut first, first_addr) = instance();
+    let first_base = format!("http://{first_addr}/fhir");
+    let receiver = Receiver::start().await;
+    let client = reqwest::Client::new();
+    let post = |base: String, body: Value| {
+        let client = client.clone();
+        async move {
+            let response = client
+                .post(format!("{base}/{}", body["resourceType"].as_str().unwrap()))
+                .header("content-type", FHIR_JSON)
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 201);
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    post(
+        first_base.clone(),
+        subscription(&receiver.url, "observation", &[], "id-only"),
+    )
+    .await;
+    receiver.wait_until(20, |r| !r.is_empty()).await;
+    // The receiver fails: the first instance holds the lease and keeps retrying.
+    receiver.answer(503);
+    for value in 0..3 {
+        post(first_base.clone(), heart_rate("Patient/p1", 60 + value)).await;
+    }
+    receiver
+        .wait_until(20, |r| r.iter().filter(|n| n.answered == 503).count() >= 2)
+        .await;
+    let (mut second, second_addr) = instance();
+    let second_base = format!("http://{second_addr}/fhir");
+
+    let owners = lease_owners(&app).await;
+    assert!(
+        owners[0].is_some(),
+        "the first instance holds the lease: {owners:?}"
+    );
+    // kill -9: no lease handed back, no goodbye.
+    first.kill().unwrap();
+    let _ = first.wait();
+    receiver.answer(200);
+    for value in 3..6 {
+        post(second_base.clone(), heart_rate("Patient/p1", 60 + value)).await;
+    }
+    let received = receiver
+        .wait_until(30, |r| delivered_numbers(r).len() >= 6)
+        .await;
+    assert_eq!(delivered_numbers(&received), (1..=6).collect::<Vec<_>>());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        delivered_numbers(&receiver.received()),
+        (1..=6).collect::<Vec<_>>(),
+        "each event once"
+    );
+    let _ = second.kill();
+    let _ = second.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
