@@ -4,6 +4,7 @@
 //! (validate, version, index in one transaction), [`api`] serves them over FHIR REST.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod error;

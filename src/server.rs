@@ -101,9 +101,13 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, StartError> {
     let policy = crate::outbound::OutboundPolicy::parse(&config.outbound_allow)
         .map_err(|e| StartError::Database(sea_orm::DbErr::Custom(e)))?;
     let subscriptions = Arc::new(Registry::new(policy.clone()));
+    let policy_for_auth = policy.clone();
     let instance = subscriptions.instance.clone();
     let store = Store::open(connection, &config.database_url, subscriptions).await?;
     let metrics = Arc::new(Metrics::default());
+    let signing_keys = crate::auth::keys::load_or_create(store.connection())
+        .await
+        .map_err(|e| StartError::Database(sea_orm::DbErr::Custom(e.message())))?;
     let delivery = delivery::start(
         store.clone(),
         delivery::Settings {
@@ -125,6 +129,10 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, StartError> {
         config: Arc::new(config),
         capability: Arc::new(api::metadata::capability_statement()),
         metrics,
+        auth: Arc::new(crate::auth::token::TokenService::new(
+            signing_keys,
+            policy_for_auth,
+        )),
     };
     let app = api::app(state);
     let (stop, stopped) = oneshot::channel::<()>();

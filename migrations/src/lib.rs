@@ -12,6 +12,7 @@ mod m20261124_000004_sort_indexes;
 mod m20261124_000005_covering_indexes;
 mod m20261124_000006_postgres_byte_order;
 mod m20261124_000007_subscription_delivery;
+mod m20261124_000008_auth;
 
 pub struct Migrator;
 
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000005_covering_indexes::Migration),
             Box::new(m20261124_000006_postgres_byte_order::Migration),
             Box::new(m20261124_000007_subscription_delivery::Migration),
+            Box::new(m20261124_000008_auth::Migration),
         ]
     }
 }

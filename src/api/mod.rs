@@ -1,6 +1,7 @@
 //! The FHIR REST API (axum). Handlers are registered through utoipa-axum's
 //! `OpenApiRouter`, so the OpenAPI document is generated from the same routes that serve.
 
+pub mod auth;
 pub mod bundle;
 pub mod crud;
 pub mod extract;
@@ -37,12 +38,16 @@ pub struct AppState {
     pub config: Arc<ServeConfig>,
     pub capability: Arc<Json>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub auth: Arc<crate::auth::token::TokenService>,
 }
 
 /// The FHIR routes with their OpenAPI description.
 pub fn fhir_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(metadata::metadata))
+        .routes(routes!(auth::token))
+        .routes(routes!(auth::jwks))
+        .routes(routes!(auth::smart_configuration))
         .routes(routes!(bundle::batch_or_transaction, search::search_system))
         .routes(routes!(history::system_history))
         .routes(routes!(reindex::reindex_all))

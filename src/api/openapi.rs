@@ -27,6 +27,7 @@ use crate::fhir::definitions::Definitions;
         (name = "Search", description = "search by any R4 search parameter of the type"),
         (name = "History", description = "version history, newest first"),
         (name = "Operations", description = "FHIR operations such as $validate"),
+        (name = "Authorization", description = "SMART Backend Services: token endpoint, public keys, SMART configuration"),
         (name = "Subscriptions", description = "Topic-based subscriptions (Subscriptions R5 Backport IG): $status, $events, websocket binding"),
     )
 )]

@@ -187,3 +187,83 @@ fn migrate_is_safe_to_run_twice() {
     assert!(dir.join("nested/folder/m.db").exists());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn clients_are_registered_listed_and_removed() {
+    let dir = temp_dir("clients");
+    let url = format!("sqlite://{}/fhirgate.db", dir.display());
+    let jwks = dir.join("ehr.jwks.json");
+    std::fs::write(
+        &jwks,
+        r#"{"keys": [{"kty": "EC", "crv": "P-384", "kid": "k1", "alg": "ES384",
+            "x": "mPUKT_bAWGHIhg0TpjjqVsP1rXWQu_vwVOHHtNkdYoA9GlSEX3cEBxx91ufg0pWe",
+            "y": "jRbvj5FGXWvCdNLKL-HgmsDxc2bwfmHfk4DSfGXeuSCmdMaD1lCklsQi9OeNe-wg"}]}"#,
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let output = fhirgate(&dir)
+            .args(["clients", "--database-url", &url])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).to_string(),
+            String::from_utf8_lossy(&output.stderr).to_string(),
+        )
+    };
+    let jwks_path = jwks.display().to_string();
+    let (ok, out, err) = run(&[
+        "add",
+        "--id",
+        "ehr-1",
+        "--jwks",
+        &jwks_path,
+        "--scope",
+        "system/Observation.rs system/Device.rs",
+    ]);
+    assert!(ok, "{out}{err}");
+    let (ok, out, _) = run(&[
+        "add",
+        "--id",
+        "cuff-7",
+        "--jwks-url",
+        "https://keys.example.org/jwks.json",
+        "--scope",
+        "patient/Observation.cruds",
+        "--patient",
+        "p-42",
+    ]);
+    assert!(ok);
+    let (ok, out_list, _) = run(&["list"]);
+    assert!(ok);
+    assert!(
+        out_list.contains("ehr-1\t1 key(s)\tsystem/Observation.rs system/Device.rs"),
+        "{out_list}"
+    );
+    assert!(
+        out_list.contains(
+            "cuff-7\thttps://keys.example.org/jwks.json\tpatient/Observation.cruds\tpatient p-42"
+        ),
+        "{out_list}{out}"
+    );
+    let (ok, _, err) = run(&[
+        "add",
+        "--id",
+        "bad",
+        "--jwks",
+        &jwks_path,
+        "--scope",
+        "system/Observation.rsx",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("rsx"), "{err}");
+    let (ok, _, _) = run(&["remove", "--id", "ehr-1"]);
+    assert!(ok);
+    let (ok, _, err) = run(&["remove", "--id", "ehr-1"]);
+    assert!(!ok);
+    assert!(err.contains("no client"), "{err}");
+    let (_, out_list, _) = run(&["list"]);
+    assert!(!out_list.contains("ehr-1"));
+    let _ = std::fs::remove_dir_all(dir);
+}

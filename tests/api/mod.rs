@@ -1,3 +1,4 @@
+mod auth;
 mod bundle;
 mod cli;
 mod concurrency;

@@ -1,0 +1,351 @@
+//! SMART Backend Services: clients mint real assertions (RS384 and ES384) and exchange
+//! them at `/auth/token`; every way an assertion can be wrong is refused with the OAuth
+//! error that says why.
+
+use base64::Engine;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+
+use super::helpers::*;
+
+/// A client's key pair: what it signs with, and its public JWK.
+pub struct ClientKey {
+    pub kid: String,
+    pub alg: Algorithm,
+    pub encoding: EncodingKey,
+    pub jwk: Value,
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+pub fn rsa_key(kid: &str) -> ClientKey {
+    use rsa::pkcs8::EncodePrivateKey;
+    use rsa::traits::PublicKeyParts;
+    let private = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 2048).unwrap();
+    let pem = private.to_pkcs8_pem(Default::default()).unwrap();
+    ClientKey {
+        kid: kid.into(),
+        alg: Algorithm::RS384,
+        encoding: EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
+        jwk: json!({
+            "kty": "RSA", "kid": kid, "alg": "RS384", "use": "sig",
+            "n": b64(&private.n().to_bytes_be()), "e": b64(&private.e().to_bytes_be())
+        }),
+    }
+}
+
+pub fn ec_key(kid: &str) -> ClientKey {
+    use p384::elliptic_curve::sec1::ToEncodedPoint;
+    use p384::pkcs8::EncodePrivateKey;
+    let secret = p384::SecretKey::random(&mut rand_core::OsRng);
+    let pem = secret.to_pkcs8_pem(Default::default()).unwrap();
+    let point = secret.public_key().to_encoded_point(false);
+    ClientKey {
+        kid: kid.into(),
+        alg: Algorithm::ES384,
+        encoding: EncodingKey::from_ec_pem(pem.as_bytes()).unwrap(),
+        jwk: json!({
+            "kty": "EC", "crv": "P-384", "kid": kid, "alg": "ES384", "use": "sig",
+            "x": b64(point.x().unwrap()), "y": b64(point.y().unwrap())
+        }),
+    }
+}
+
+/// A signed client assertion with these claims.
+pub fn assertion(key: &ClientKey, claims: &Value) -> String {
+    let mut header = Header::new(key.alg);
+    header.kid = Some(key.kid.clone());
+    jsonwebtoken::encode(&header, claims, &key.encoding).unwrap()
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+pub fn claims(client: &str, token_url: &str, expires_in: i64) -> Value {
+    json!({
+        "iss": client, "sub": client, "aud": token_url,
+        "exp": now() + expires_in, "jti": uuid::Uuid::new_v4().to_string()
+    })
+}
+
+/// Registers a client directly in the test database.
+pub async fn register(
+    app: &TestApp,
+    id: &str,
+    keys: &[&ClientKey],
+    scopes: &str,
+    patient: Option<&str>,
+) {
+    use fhirgate::auth::clients::{add, Client, KeySource};
+    let db = fhirgate::db::connect(&app.database_url).await.unwrap();
+    add(
+        &db,
+        &Client {
+            id: id.into(),
+            keys: KeySource::Jwks(
+                json!({"keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()}),
+            ),
+            scopes: scopes.into(),
+            patient: patient.map(str::to_string),
+        },
+    )
+    .await
+    .unwrap();
+    let _ = db.close().await;
+}
+
+pub async fn request_token(
+    app: &TestApp,
+    assertion: &str,
+    scope: &str,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let response = app
+        .client
+        .post(app.root("/auth/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", assertion),
+            ("scope", scope),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, body, headers)
+}
+
+#[tokio::test]
+async fn backend_services_clients_get_tokens_with_rs384_and_es384() {
+    let app = spawn_app().await;
+    let token_url = app.root("/auth/token");
+    let rsa = rsa_key("rsa-1");
+    let ec = ec_key("ec-1");
+    register(
+        &app,
+        "ehr",
+        &[&rsa, &ec],
+        "system/Observation.rs system/Device.cruds",
+        None,
+    )
+    .await;
+
+    for key in [&rsa, &ec] {
+        let (status, body, headers) = request_token(
+            &app,
+            &assertion(key, &claims("ehr", &token_url, 120)),
+            "system/*.read system/Patient.rs",
+        )
+        .await;
+        assert_eq!(status, 200, "{:?}: {body}", key.alg);
+        assert_eq!(headers["cache-control"], "no-store");
+        assert_eq!(body["token_type"], "bearer");
+        assert_eq!(body["expires_in"], 300);
+        assert_eq!(
+            body["scope"], "system/Observation.rs system/Device.rs",
+            "narrowed to what is allowed"
+        );
+        // The access token is a JWT signed with a key the server publishes.
+        let token = body["access_token"].as_str().unwrap();
+        let header = jsonwebtoken::decode_header(token).unwrap();
+        let jwks = json_with_status(
+            app.client.get(app.root("/auth/jwks")).send().await.unwrap(),
+            200,
+        )
+        .await;
+        let jwk = jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kid"].as_str() == header.kid.as_deref())
+            .expect("the token's kid is in the JWKS");
+        let key =
+            jsonwebtoken::DecodingKey::from_jwk(&serde_json::from_value(jwk.clone()).unwrap())
+                .unwrap();
+        let mut validation = jsonwebtoken::Validation::new(Algorithm::ES256);
+        validation.set_audience(&[app.base.as_str()]);
+        let decoded = jsonwebtoken::decode::<Value>(token, &key, &validation)
+            .unwrap()
+            .claims;
+        assert_eq!(decoded["sub"], "ehr");
+        assert!(decoded["exp"].as_i64().unwrap() <= now() + 300);
+    }
+}
+
+#[tokio::test]
+async fn bad_assertions_are_refused_with_the_reason() {
+    let app = spawn_app().await;
+    let token_url = app.root("/auth/token");
+    let key = ec_key("ec-1");
+    let stranger = ec_key("ec-1"); // same kid, another key: a forged signature
+    let other_kid = ec_key("ec-2");
+    register(
+        &app,
+        "monitor-gw",
+        &[&key],
+        "system/Observation.cruds",
+        None,
+    )
+    .await;
+
+    let mut wrong_aud = claims("monitor-gw", &token_url, 60);
+    wrong_aud["aud"] = json!("https://elsewhere.example/token");
+    let mut expired = claims("monitor-gw", &token_url, 60);
+    expired["exp"] = json!(now() - 5);
+    let too_long = claims("monitor-gw", &token_url, 600);
+    let mut sub_differs = claims("monitor-gw", &token_url, 60);
+    sub_differs["sub"] = json!("someone-else");
+    let mut no_jti = claims("monitor-gw", &token_url, 60);
+    no_jti.as_object_mut().unwrap().remove("jti");
+    for (label, signed, says) in [
+        ("wrong aud", assertion(&key, &wrong_aud), "aud"),
+        ("expired", assertion(&key, &expired), "expired"),
+        (
+            "exp too far ahead",
+            assertion(&key, &too_long),
+            "five minutes",
+        ),
+        ("sub differs", assertion(&key, &sub_differs), "sub"),
+        ("no jti", assertion(&key, &no_jti), "jti"),
+        (
+            "unknown kid",
+            assertion(&other_kid, &claims("monitor-gw", &token_url, 60)),
+            "kid",
+        ),
+        (
+            "wrong signature",
+            assertion(&stranger, &claims("monitor-gw", &token_url, 60)),
+            "signature",
+        ),
+        (
+            "unknown client",
+            assertion(&key, &claims("nobody", &token_url, 60)),
+            "not a registered client",
+        ),
+        ("not a JWT", "not-a-jwt".to_string(), "JWT"),
+    ] {
+        let (status, body, _) = request_token(&app, &signed, "system/Observation.rs").await;
+        assert_eq!(status, 401, "{label}: {body}");
+        assert_eq!(body["error"], "invalid_client", "{label}");
+        assert!(
+            body["error_description"].as_str().unwrap().contains(says),
+            "{label}: {body}"
+        );
+    }
+
+    // A jti is used once.
+    let once = assertion(&key, &claims("monitor-gw", &token_url, 60));
+    assert_eq!(
+        request_token(&app, &once, "system/Observation.rs").await.0,
+        200
+    );
+    let (status, body, _) = request_token(&app, &once, "system/Observation.rs").await;
+    assert_eq!(status, 401);
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("already used"),
+        "{body}"
+    );
+
+    // Scopes the client may not have.
+    let (status, body, _) = request_token(
+        &app,
+        &assertion(&key, &claims("monitor-gw", &token_url, 60)),
+        "system/Patient.rs",
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"], "invalid_scope");
+    let (status, body, _) = request_token(
+        &app,
+        &assertion(&key, &claims("monitor-gw", &token_url, 60)),
+        "system/Observation.rsx",
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_scope"))
+    );
+    // patient/ scopes need a patient the client is registered for.
+    let (status, _, _) = request_token(
+        &app,
+        &assertion(&key, &claims("monitor-gw", &token_url, 60)),
+        "patient/Observation.rs",
+    )
+    .await;
+    assert_eq!(status, 400);
+
+    let response = app
+        .client
+        .post(app.root("/auth/token"))
+        .form(&[("grant_type", "password"), ("username", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "unsupported_grant_type");
+}
+
+#[tokio::test]
+async fn patient_clients_get_their_patient_in_the_token_response() {
+    let app = spawn_app().await;
+    let token_url = app.root("/auth/token");
+    let key = rsa_key("k1");
+    register(
+        &app,
+        "home-bp-cuff",
+        &[&key],
+        "patient/Observation.cruds",
+        Some("p-42"),
+    )
+    .await;
+    let (status, body, _) = request_token(
+        &app,
+        &assertion(&key, &claims("home-bp-cuff", &token_url, 60)),
+        "patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|vital-signs",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["patient"], "p-42");
+    assert_eq!(
+        body["scope"],
+        "patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|vital-signs"
+    );
+}
+
+#[tokio::test]
+async fn smart_configuration_describes_backend_services() {
+    let app = spawn_app().await;
+    let config = json_with_status(app.get(".well-known/smart-configuration").await, 200).await;
+    assert_eq!(config["token_endpoint"], app.root("/auth/token"));
+    assert_eq!(
+        config["grant_types_supported"],
+        json!(["client_credentials"])
+    );
+    assert_eq!(
+        config["token_endpoint_auth_methods_supported"],
+        json!(["private_key_jwt"])
+    );
+    for alg in ["RS384", "ES384"] {
+        assert!(config["token_endpoint_auth_signing_alg_values_supported"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(alg)));
+    }
+    assert!(config["capabilities"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("client-confidential-asymmetric")));
+    assert!(config["scopes_supported"].as_array().unwrap().len() > 1);
+}
