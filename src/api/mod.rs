@@ -2,6 +2,7 @@
 //! `OpenApiRouter`, so the OpenAPI document is generated from the same routes that serve.
 
 pub mod auth;
+pub mod authenticate;
 pub mod bundle;
 pub mod crud;
 pub mod extract;
@@ -130,6 +131,10 @@ pub fn app(state: AppState) -> Router {
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate::authenticate,
+        ))
         .layer(axum::middleware::from_fn(negotiate::check_accept))
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(

@@ -71,6 +71,14 @@ async fn load(conn: &impl ConnectionTrait) -> FhirResult<Vec<SigningKey>> {
     Ok(keys)
 }
 
+/// A new key that is not stored (for tests).
+pub fn generate() -> FhirResult<SigningKey> {
+    let pkcs8 =
+        EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+            .map_err(|_| FhirError::internal("cannot generate a signing key"))?;
+    signing_key(uuid::Uuid::new_v4().simple().to_string(), pkcs8.as_ref())
+}
+
 fn signing_key(kid: String, pkcs8: &[u8]) -> FhirResult<SigningKey> {
     let pair = EcdsaKeyPair::from_pkcs8(
         &ECDSA_P256_SHA256_FIXED_SIGNING,

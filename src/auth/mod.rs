@@ -4,5 +4,6 @@
 //! `--auth smart` stays refused until every interaction enforces the token's scopes.
 pub mod clients;
 pub mod keys;
+pub mod principal;
 pub mod scopes;
 pub mod token;

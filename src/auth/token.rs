@@ -490,3 +490,62 @@ fn unverified_issuer(assertion: &str) -> Result<String, OAuthError> {
             OAuthError::new("invalid_client", "the assertion has no iss (the client id)")
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signed(service: &TokenService, claims: &AccessClaims) -> String {
+        let key = &service.keys[0];
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(key.kid.clone());
+        jsonwebtoken::encode(&header, claims, &key.encoding).unwrap()
+    }
+
+    #[test]
+    fn access_tokens_are_checked_for_signature_expiry_and_audience() {
+        let service = TokenService::new(
+            vec![super::super::keys::generate().unwrap()],
+            OutboundPolicy::default(),
+        );
+        let now = now_micros() / 1_000_000;
+        let mut claims = AccessClaims {
+            iss: "https://fhir.example/auth/token".into(),
+            sub: "ehr".into(),
+            aud: "https://fhir.example/fhir".into(),
+            exp: now + 60,
+            iat: now,
+            jti: "1".into(),
+            scope: "system/Observation.rs".into(),
+            client_id: "ehr".into(),
+            patient: None,
+        };
+        let good = signed(&service, &claims);
+        assert_eq!(
+            service
+                .verify_access_token(&good, "https://fhir.example/fhir")
+                .unwrap()
+                .scope,
+            "system/Observation.rs"
+        );
+        assert!(service
+            .verify_access_token(&good, "https://other.example/fhir")
+            .is_err());
+        claims.exp = now - 1;
+        let expired = signed(&service, &claims);
+        assert_eq!(
+            service
+                .verify_access_token(&expired, "https://fhir.example/fhir")
+                .unwrap_err(),
+            "expired"
+        );
+        let other = TokenService::new(
+            vec![super::super::keys::generate().unwrap()],
+            OutboundPolicy::default(),
+        );
+        claims.exp = now + 60;
+        assert!(service
+            .verify_access_token(&signed(&other, &claims), "https://fhir.example/fhir")
+            .is_err());
+    }
+}

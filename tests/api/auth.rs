@@ -349,3 +349,111 @@ async fn smart_configuration_describes_backend_services() {
         .contains(&json!("client-confidential-asymmetric")));
     assert!(config["scopes_supported"].as_array().unwrap().len() > 1);
 }
+
+/// A token for `scopes` from a freshly registered client of `app`.
+pub async fn token_for(app: &TestApp, scopes: &str) -> String {
+    let key = ec_key("k");
+    let client = format!("client-{}", uuid::Uuid::new_v4().simple());
+    register(app, &client, &[&key], scopes, None).await;
+    let (status, body, _) = request_token(
+        app,
+        &assertion(&key, &claims(&client, &app.root("/auth/token"), 60)),
+        scopes,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["access_token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn with_auth_on_requests_need_a_token_whose_scopes_cover_them() {
+    let app = spawn_app_with(|config| config.auth = fhirgate::config::AuthMode::Smart).await;
+    json_with_status(app.get("metadata").await, 200).await;
+    json_with_status(app.get(".well-known/smart-configuration").await, 200).await;
+
+    let response = app.get("Observation").await;
+    assert_eq!(response.status(), 401);
+    assert!(response.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Bearer "));
+    assert!(outcome_text(&response.json().await.unwrap()).contains("no access token"));
+    let response = app
+        .request(reqwest::Method::GET, "Observation")
+        .bearer_auth("not-a-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+
+    let reader = token_for(&app, "system/Observation.rs").await;
+    let writer = token_for(&app, "system/*.cruds").await;
+    let created = app
+        .request(reqwest::Method::POST, "Observation")
+        .bearer_auth(&writer)
+        .header("content-type", FHIR_JSON)
+        .body(heart_rate("Patient/p1", 70).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let id = created.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (method, path, token, status) in [
+        (
+            reqwest::Method::GET,
+            "Observation".to_string(),
+            &reader,
+            200,
+        ),
+        (
+            reqwest::Method::GET,
+            format!("Observation/{id}"),
+            &reader,
+            200,
+        ),
+        (
+            reqwest::Method::GET,
+            format!("Observation/{id}/_history"),
+            &reader,
+            200,
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("Observation/{id}"),
+            &reader,
+            403,
+        ),
+        (reqwest::Method::GET, "Patient".to_string(), &reader, 403),
+        (reqwest::Method::GET, "_history".to_string(), &reader, 403),
+        (reqwest::Method::GET, "_history".to_string(), &writer, 200),
+    ] {
+        let response = app
+            .request(method.clone(), &path)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let got = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        assert_eq!(got, status, "{method} {path}: {body}");
+        if status == 403 {
+            assert!(outcome_text(&body).contains("do not grant"), "{body}");
+        }
+    }
+    // A Bundle reaches several types: everything is needed until entries are checked.
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": []});
+    for (token, status) in [(&reader, 403), (&writer, 200)] {
+        let response = app
+            .request(reqwest::Method::POST, "")
+            .bearer_auth(token)
+            .header("content-type", FHIR_JSON)
+            .body(batch.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status);
+    }
+}

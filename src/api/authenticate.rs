@@ -1,0 +1,226 @@
+//! With `--auth smart`, every FHIR request needs a valid access token (401 with
+//! `WWW-Authenticate: Bearer` otherwise) whose scopes cover what it asks for (403).
+//!
+//! The check here is per request: the resource type and the kind of access the route
+//! implies (read, search, create, update, delete). Requests that reach several types at
+//! once (batch/transaction Bundles, system-level search and history) need `system/*`
+//! scopes for everything until their parts are checked one by one.
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use crate::auth::principal::Principal;
+use crate::auth::scopes::Permission;
+use crate::config::AuthMode;
+use crate::error::FhirError;
+use crate::fhir::outcome::IssueCode;
+
+/// What a request needs of the token's scopes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Needs {
+    /// Open to anyone (capability, SMART configuration).
+    Nothing,
+    /// Any valid token.
+    Token,
+    /// This access to this type.
+    Access(String, Permission),
+    /// Everything (`system/*.cruds`).
+    Everything,
+}
+
+/// What a FHIR request (`segments` after `/fhir`) needs.
+pub fn needs(method: &Method, segments: &[&str]) -> Needs {
+    let access = |t: &str, p: Permission| Needs::Access(t.to_string(), p);
+    let write = |t: &str| match *method {
+        Method::POST => access(t, Permission::Create),
+        Method::DELETE => access(t, Permission::Delete),
+        _ => access(t, Permission::Update),
+    };
+    match segments {
+        [] | ["_history"] => Needs::Everything,
+        ["metadata"] | [".well-known", ..] => Needs::Nothing,
+        ["$subscription-ws"] | ["SubscriptionTopic", ..] => Needs::Token,
+        [t] if *method == Method::GET => access(t, Permission::Search),
+        [t] => write(t),
+        [t, "_search"] | [t, "_history"] => access(t, Permission::Search),
+        [_, "$reindex"] | [_, _, "$reindex"] => Needs::Everything,
+        [t, "$validate"] => access(t, Permission::Create),
+        ["Subscription", op] | ["Subscription", _, op]
+            if op.starts_with('$') && *op != "$validate" =>
+        {
+            access("Subscription", Permission::Read)
+        }
+        [t, op] if op.starts_with('$') => access(t, Permission::Search),
+        [t, _id, "$validate"] => access(t, Permission::Update),
+        [t, _id] if *method == Method::GET => access(t, Permission::Read),
+        [t, _id] => write(t),
+        [t, _id, "_history", ..] => access(t, Permission::Read),
+        // A compartment search: `Patient/1/Observation`.
+        [_compartment, _id, target] => access(target, Permission::Search),
+        _ => Needs::Everything,
+    }
+}
+
+fn unauthorized(why: &str) -> Response {
+    let mut response = FhirError::new(
+        StatusCode::UNAUTHORIZED,
+        IssueCode::Login,
+        format!("{why}; get an access token from /auth/token and send it as Authorization: Bearer <token>"),
+    )
+    .into_response();
+    let challenge = format!(
+        "Bearer realm=\"fhirgate\", error=\"invalid_token\", error_description=\"{}\"",
+        why.replace('"', "'")
+    );
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+pub async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if state.config.auth != AuthMode::Smart {
+        return next.run(request).await;
+    }
+    let path = request.uri().path().to_string();
+    let Some(rest) = path.strip_prefix("/fhir") else {
+        return next.run(request).await;
+    };
+    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let need = needs(request.method(), &segments);
+    if need == Needs::Nothing {
+        return next.run(request).await;
+    }
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let Some(token) = token else {
+        return unauthorized("no access token");
+    };
+    let base = match &state.config.base_url {
+        Some(base) => base.clone(),
+        None => {
+            let host = request
+                .headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("localhost");
+            let https = request
+                .headers()
+                .get("x-forwarded-proto")
+                .is_some_and(|p| p == "https");
+            format!("{}://{host}/fhir", if https { "https" } else { "http" })
+        }
+    };
+    let claims = match state.auth.verify_access_token(token, &base) {
+        Ok(claims) => claims,
+        Err(why) => return unauthorized(&format!("the access token is {why}")),
+    };
+    let principal = Principal::from_claims(&claims);
+    let allowed = match &need {
+        Needs::Nothing | Needs::Token => true,
+        Needs::Access(resource_type, permission) => principal.may(resource_type, *permission),
+        Needs::Everything => principal.may_do_anything(),
+    };
+    if !allowed {
+        let what = match &need {
+            Needs::Access(resource_type, permission) => {
+                format!("{permission:?} access to {resource_type}")
+            }
+            _ => "access to every resource type (system/*.cruds)".to_string(),
+        };
+        return FhirError::new(
+            StatusCode::FORBIDDEN,
+            IssueCode::Forbidden,
+            format!("the token's scopes ({}) do not grant {what}", claims.scope),
+        )
+        .into_response();
+    }
+    request.extensions_mut().insert(principal);
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_map_to_the_access_they_need() {
+        let get = Method::GET;
+        let cases: Vec<(Method, &str, Needs)> = vec![
+            (get.clone(), "metadata", Needs::Nothing),
+            (
+                get.clone(),
+                "Observation",
+                Needs::Access("Observation".into(), Permission::Search),
+            ),
+            (
+                Method::POST,
+                "Observation",
+                Needs::Access("Observation".into(), Permission::Create),
+            ),
+            (
+                get.clone(),
+                "Observation/1",
+                Needs::Access("Observation".into(), Permission::Read),
+            ),
+            (
+                Method::PUT,
+                "Observation/1",
+                Needs::Access("Observation".into(), Permission::Update),
+            ),
+            (
+                Method::PATCH,
+                "Observation/1",
+                Needs::Access("Observation".into(), Permission::Update),
+            ),
+            (
+                Method::DELETE,
+                "Observation/1",
+                Needs::Access("Observation".into(), Permission::Delete),
+            ),
+            (
+                get.clone(),
+                "Observation/1/_history/2",
+                Needs::Access("Observation".into(), Permission::Read),
+            ),
+            (
+                get.clone(),
+                "Observation/$lastn",
+                Needs::Access("Observation".into(), Permission::Search),
+            ),
+            (
+                get.clone(),
+                "Patient/1/Observation",
+                Needs::Access("Observation".into(), Permission::Search),
+            ),
+            (
+                get.clone(),
+                "Subscription/1/$events",
+                Needs::Access("Subscription".into(), Permission::Read),
+            ),
+            (Method::POST, "", Needs::Everything),
+            (get.clone(), "_history", Needs::Everything),
+            (Method::POST, "Observation/$reindex", Needs::Everything),
+        ];
+        for (method, path, expected) in cases {
+            let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+            assert_eq!(needs(&method, &segments), expected, "{method} {path}");
+        }
+    }
+}
