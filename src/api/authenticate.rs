@@ -41,8 +41,10 @@ pub fn needs(method: &Method, segments: &[&str]) -> Needs {
     };
     match segments {
         [] | ["_history"] => Needs::Everything,
-        ["metadata"] | [".well-known", ..] => Needs::Nothing,
-        ["$subscription-ws"] | ["SubscriptionTopic", ..] => Needs::Token,
+        // The websocket channel authenticates with its binding token (a websocket client
+        // cannot always send headers), given out by an authorised `$get-ws-binding-token`.
+        ["metadata"] | [".well-known", ..] | ["$subscription-ws"] => Needs::Nothing,
+        ["SubscriptionTopic", ..] => Needs::Token,
         [t] if *method == Method::GET => access(t, Permission::Search),
         [t] => write(t),
         [t, "_search"] | [t, "_history"] => access(t, Permission::Search),

@@ -79,8 +79,18 @@ pub async fn register(
     scopes: &str,
     patient: Option<&str>,
 ) {
+    register_in(&app.database_url, id, keys, scopes, patient).await
+}
+
+pub async fn register_in(
+    database_url: &str,
+    id: &str,
+    keys: &[&ClientKey],
+    scopes: &str,
+    patient: Option<&str>,
+) {
     use fhirgate::auth::clients::{add, Client, KeySource};
-    let db = fhirgate::db::connect(&app.database_url).await.unwrap();
+    let db = fhirgate::db::connect(database_url).await.unwrap();
     add(
         &db,
         &Client {
@@ -95,6 +105,35 @@ pub async fn register(
     .await
     .unwrap();
     let _ = db.close().await;
+}
+
+/// An access token with `scopes` from the server at `root` (e.g. `http://127.0.0.1:1234`),
+/// for a client registered for it on the spot.
+pub async fn token_from(root: &str, database_url: &str, scopes: &str) -> String {
+    let key = ec_key("k");
+    let client = format!("client-{}", uuid::Uuid::new_v4().simple());
+    register_in(database_url, &client, &[&key], scopes, None).await;
+    let token_url = format!("{root}/auth/token");
+    let response = reqwest::Client::new()
+        .post(&token_url)
+        .form(&[
+            ("grant_type", "client_credentials"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            (
+                "client_assertion",
+                &assertion(&key, &claims(&client, &token_url, 60)),
+            ),
+            ("scope", scopes),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    body["access_token"].as_str().unwrap().to_string()
 }
 
 pub async fn request_token(
@@ -371,7 +410,7 @@ async fn with_auth_on_requests_need_a_token_whose_scopes_cover_them() {
     json_with_status(app.get("metadata").await, 200).await;
     json_with_status(app.get(".well-known/smart-configuration").await, 200).await;
 
-    let response = app.get("Observation").await;
+    let response = app.client.get(app.url("Observation")).send().await.unwrap();
     assert_eq!(response.status(), 401);
     assert!(response.headers()["www-authenticate"]
         .to_str()
@@ -379,7 +418,8 @@ async fn with_auth_on_requests_need_a_token_whose_scopes_cover_them() {
         .starts_with("Bearer "));
     assert!(outcome_text(&response.json().await.unwrap()).contains("no access token"));
     let response = app
-        .request(reqwest::Method::GET, "Observation")
+        .client
+        .get(app.url("Observation"))
         .bearer_auth("not-a-token")
         .send()
         .await
@@ -389,7 +429,8 @@ async fn with_auth_on_requests_need_a_token_whose_scopes_cover_them() {
     let reader = token_for(&app, "system/Observation.rs").await;
     let writer = token_for(&app, "system/*.cruds").await;
     let created = app
-        .request(reqwest::Method::POST, "Observation")
+        .client
+        .post(app.url("Observation"))
         .bearer_auth(&writer)
         .header("content-type", FHIR_JSON)
         .body(heart_rate("Patient/p1", 70).to_string())
@@ -431,7 +472,8 @@ async fn with_auth_on_requests_need_a_token_whose_scopes_cover_them() {
         (reqwest::Method::GET, "_history".to_string(), &writer, 200),
     ] {
         let response = app
-            .request(method.clone(), &path)
+            .client
+            .request(method.clone(), app.url(&path))
             .bearer_auth(token)
             .send()
             .await
@@ -447,7 +489,8 @@ async fn with_auth_on_requests_need_a_token_whose_scopes_cover_them() {
     let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": []});
     for (token, status) in [(&reader, 403), (&writer, 200)] {
         let response = app
-            .request(reqwest::Method::POST, "")
+            .client
+            .post(app.url(""))
             .bearer_auth(token)
             .header("content-type", FHIR_JSON)
             .body(batch.to_string())

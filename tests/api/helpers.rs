@@ -13,6 +13,8 @@ pub const FHIR_JSON: &str = "application/fhir+json";
 pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
+    /// The access token `request` sends (`system/*.cruds`), when auth is on.
+    pub token: Option<String>,
     pub database_url: String,
     config: ServeConfig,
     server: Option<RunningServer>,
@@ -34,16 +36,21 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut ServeConfig)) -> TestApp {
     }
     let database = TestDatabase::create().await;
     let mut config = ServeConfig::for_database(&database.url);
+    // Every suite runs with authentication on, as a client allowed everything.
+    config.auth = fhirgate::config::AuthMode::Smart;
     adjust(&mut config);
     let server = server::start(config.clone()).await.expect("server starts");
-    TestApp {
+    let mut app = TestApp {
         base: server.base_url(),
         client: reqwest::Client::new(),
+        token: None,
         database_url: database.url.clone(),
         config,
         server: Some(server),
         database,
-    }
+    };
+    app.renew_token().await;
+    app
 }
 
 impl TestApp {
@@ -63,7 +70,28 @@ impl TestApp {
     }
 
     pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.client.request(method, self.url(path))
+        let request = self.client.request(method, self.url(path));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    /// Gets a token (`system/*.cruds`) from the running server, when auth is on: a token
+    /// names the server it is for, so a restarted server on another port needs a new one.
+    pub async fn renew_token(&mut self) {
+        self.token = if self.config.auth == fhirgate::config::AuthMode::Smart {
+            Some(
+                super::auth::token_from(
+                    self.root("").as_str(),
+                    &self.database_url,
+                    "system/*.cruds",
+                )
+                .await,
+            )
+        } else {
+            None
+        };
     }
 
     pub async fn get(&self, path: &str) -> Response {
@@ -114,6 +142,7 @@ impl TestApp {
             .expect("server restarts");
         self.base = server.base_url();
         self.server = Some(server);
+        self.renew_token().await;
     }
 
     /// Starts another server instance on the same database and configuration.

@@ -625,6 +625,21 @@ async fn two_instances_on_postgresql_deliver_each_event_once_and_take_over() {
     }
     let second = app.another_instance().await;
     let second_base = second.base_url();
+    // A token names the server it is for: the second instance (another port here; one
+    // public base URL behind a load balancer in production) gets its own.
+    let second_token = super::auth::token_from(
+        second_base.trim_end_matches("/fhir"),
+        &app.database_url,
+        "system/*.cruds",
+    )
+    .await;
+    let token_for = |base: &str| {
+        if base == second_base {
+            second_token.clone()
+        } else {
+            app.token.clone().unwrap_or_default()
+        }
+    };
 
     // Normal operation: writes through both instances, each event delivered once, in order.
     for value in 0..20 {
@@ -636,6 +651,7 @@ async fn two_instances_on_postgresql_deliver_each_event_once_and_take_over() {
         let response = app
             .client
             .post(format!("{base}/Observation"))
+            .bearer_auth(token_for(base))
             .header("content-type", FHIR_JSON)
             .body(heart_rate("Patient/p1", 60 + value).to_string())
             .send()
@@ -658,6 +674,7 @@ async fn two_instances_on_postgresql_deliver_each_event_once_and_take_over() {
         let response = app
             .client
             .post(format!("{second_base}/Observation"))
+            .bearer_auth(&second_token)
             .header("content-type", FHIR_JSON)
             .body(heart_rate("Patient/p1", 60 + value).to_string())
             .send()
@@ -680,6 +697,7 @@ async fn two_instances_on_postgresql_deliver_each_event_once_and_take_over() {
         let response = app
             .client
             .post(format!("{second_base}/Observation"))
+            .bearer_auth(&second_token)
             .header("content-type", FHIR_JSON)
             .body(heart_rate("Patient/p1", 60 + value).to_string())
             .send()
