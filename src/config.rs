@@ -70,6 +70,16 @@ pub struct ServeArgs {
     /// attempts in the log [default: 7d]. Undelivered events are kept regardless.
     #[arg(long, env = "FHIRGATE_SUBSCRIPTION_EVENT_RETENTION")]
     pub subscription_event_retention: Option<String>,
+    /// An external identity provider whose access tokens are accepted: its issuer (`iss`).
+    /// Needs --auth-jwks-url and --auth-audience too.
+    #[arg(long, env = "FHIRGATE_AUTH_ISSUER")]
+    pub auth_issuer: Option<String>,
+    /// The external identity provider's JWKS URL (fetched under the --outbound-allow rules).
+    #[arg(long, env = "FHIRGATE_AUTH_JWKS_URL")]
+    pub auth_jwks_url: Option<String>,
+    /// The audience (`aud`) the external identity provider's tokens must carry.
+    #[arg(long, env = "FHIRGATE_AUTH_AUDIENCE")]
+    pub auth_audience: Option<String>,
 }
 
 /// The same settings as they may appear in the TOML file.
@@ -95,6 +105,12 @@ struct FileSettings {
     delivery_lease: Option<String>,
     #[serde(alias = "subscription-event-retention")]
     subscription_event_retention: Option<String>,
+    #[serde(alias = "auth-issuer")]
+    auth_issuer: Option<String>,
+    #[serde(alias = "auth-jwks-url")]
+    auth_jwks_url: Option<String>,
+    #[serde(alias = "auth-audience")]
+    auth_audience: Option<String>,
 }
 
 /// Fully resolved server settings.
@@ -112,6 +128,16 @@ pub struct ServeConfig {
     pub subscription_retry_horizon: Duration,
     pub delivery_lease: Duration,
     pub subscription_event_retention: Duration,
+    /// An external identity provider whose tokens are accepted.
+    pub external_idp: Option<ExternalIdp>,
+}
+
+/// An identity provider whose access tokens the server accepts besides its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalIdp {
+    pub issuer: String,
+    pub jwks_url: String,
+    pub audience: String,
 }
 
 pub const DEFAULT_RETRY_HORIZON: Duration = Duration::from_secs(3 * 24 * 3600);
@@ -184,6 +210,7 @@ impl ServeConfig {
             subscription_retry_horizon: DEFAULT_RETRY_HORIZON,
             delivery_lease: DEFAULT_DELIVERY_LEASE,
             subscription_event_retention: DEFAULT_EVENT_RETENTION,
+            external_idp: None,
         }
     }
 
@@ -241,6 +268,25 @@ impl ServeConfig {
                     .or(file.subscription_event_retention),
                 DEFAULT_EVENT_RETENTION,
             )?,
+            external_idp: match (
+                args.auth_issuer.or(file.auth_issuer),
+                args.auth_jwks_url.or(file.auth_jwks_url),
+                args.auth_audience.or(file.auth_audience),
+            ) {
+                (None, None, None) => None,
+                (Some(issuer), Some(jwks_url), Some(audience)) => Some(ExternalIdp {
+                    issuer,
+                    jwks_url,
+                    audience,
+                }),
+                _ => {
+                    return Err(ConfigError::Invalid(
+                        "an external identity provider needs --auth-issuer, --auth-jwks-url \
+                         and --auth-audience together"
+                            .into(),
+                    ))
+                }
+            },
         };
         config.check()?;
         Ok(config)
@@ -324,6 +370,16 @@ mod tests {
             err.to_string().contains("subscription-retry-horizon"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_identity_provider_needs_all_three_settings() {
+        let args = ServeArgs {
+            auth_issuer: Some("https://idp.example".into()),
+            ..Default::default()
+        };
+        let err = ServeConfig::resolve(args).unwrap_err();
+        assert!(err.to_string().contains("--auth-jwks-url"), "{err}");
     }
 
     #[test]

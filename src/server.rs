@@ -102,6 +102,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, StartError> {
         .map_err(|e| StartError::Database(sea_orm::DbErr::Custom(e)))?;
     let subscriptions = Arc::new(Registry::new(policy.clone()));
     let policy_for_auth = policy.clone();
+    let external_idp = config.external_idp.clone();
     let instance = subscriptions.instance.clone();
     let store = Store::open(connection, &config.database_url, subscriptions).await?;
     let metrics = Arc::new(Metrics::default());
@@ -129,10 +130,10 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, StartError> {
         config: Arc::new(config),
         capability: Arc::new(api::metadata::capability_statement()),
         metrics,
-        auth: Arc::new(crate::auth::token::TokenService::new(
-            signing_keys,
-            policy_for_auth,
-        )),
+        auth: Arc::new(
+            crate::auth::token::TokenService::new(signing_keys, policy_for_auth)
+                .with_external(external_idp),
+        ),
     };
     let app = api::app(state);
     let (stop, stopped) = oneshot::channel::<()>();

@@ -129,7 +129,7 @@ pub async fn authenticate(
             format!("{}://{host}/fhir", if https { "https" } else { "http" })
         }
     };
-    let claims = match state.auth.verify_access_token(token, &base) {
+    let claims = match state.auth.verify(token, &base).await {
         Ok(claims) => claims,
         Err(why) => return unauthorized(&format!("the access token is {why}")),
     };

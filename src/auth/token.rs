@@ -104,6 +104,8 @@ struct AssertionClaims {
 pub struct TokenService {
     keys: Vec<SigningKey>,
     policy: OutboundPolicy,
+    /// An identity provider whose tokens are accepted too.
+    external: Option<crate::config::ExternalIdp>,
     jwks_cache: Mutex<HashMap<String, (Json, Instant)>>,
     requests: Mutex<HashMap<String, (Instant, u32)>>,
 }
@@ -113,9 +115,112 @@ impl TokenService {
         TokenService {
             keys,
             policy,
+            external: None,
             jwks_cache: Mutex::new(HashMap::new()),
             requests: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Also accepts the access tokens of `idp`.
+    pub fn with_external(mut self, idp: Option<crate::config::ExternalIdp>) -> TokenService {
+        self.external = idp;
+        self
+    }
+
+    /// Checks an access token: one of this server's, or the external identity
+    /// provider's (chosen by the token's `iss`).
+    pub async fn verify(&self, token: &str, fhir_base: &str) -> Result<AccessClaims, String> {
+        let Some(idp) = &self.external else {
+            return self.verify_access_token(token, fhir_base);
+        };
+        let issuer = unverified_issuer(token).map_err(|_| "not a JWT".to_string())?;
+        if issuer != idp.issuer {
+            return self.verify_access_token(token, fhir_base);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| "not a JWT".to_string())?;
+        if !ASSERTION_ALGORITHMS.contains(&header.alg) {
+            return Err(format!("signed with {:?}", header.alg));
+        }
+        let kid = header.kid.as_deref().unwrap_or_default();
+        let find = |jwks: &Json| {
+            jwks["keys"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|k| header.kid.is_none() || k["kid"].as_str() == Some(kid))
+                .cloned()
+        };
+        let mut jwk = find(&self.idp_jwks(idp, false).await?);
+        if jwk.is_none() {
+            // Keys rotate: look again once before refusing.
+            jwk = find(&self.idp_jwks(idp, true).await?);
+        }
+        let jwk: jsonwebtoken::jwk::Jwk =
+            serde_json::from_value(jwk.ok_or("signed with an unknown key")?)
+                .map_err(|e| format!("the identity provider's key is not a JWK: {e}"))?;
+        let key = jsonwebtoken::DecodingKey::from_jwk(&jwk).map_err(|e| e.to_string())?;
+        let mut validation = Validation::new(header.alg);
+        validation.set_audience(&[idp.audience.as_str()]);
+        validation.set_issuer(&[idp.issuer.as_str()]);
+        validation.leeway = 30;
+        let claims = jsonwebtoken::decode::<Json>(token, &key, &validation)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => "expired".to_string(),
+                _ => format!("invalid: {e}"),
+            })?
+            .claims;
+        // Scopes as a space-separated `scope`, or as an `scp` array (some providers).
+        let scope = match (&claims["scope"], &claims["scp"]) {
+            (Json::String(scope), _) => scope.clone(),
+            (_, Json::Array(list)) => list
+                .iter()
+                .filter_map(Json::as_str)
+                .collect::<Vec<_>>()
+                .join(" "),
+            _ => String::new(),
+        };
+        let text = |name: &str| claims[name].as_str().map(str::to_string);
+        let client_id = text("client_id")
+            .or_else(|| text("azp"))
+            .or_else(|| text("sub"))
+            .unwrap_or_default();
+        Ok(AccessClaims {
+            iss: idp.issuer.clone(),
+            sub: text("sub").unwrap_or_else(|| client_id.clone()),
+            aud: idp.audience.clone(),
+            exp: claims["exp"].as_i64().unwrap_or_default(),
+            iat: claims["iat"].as_i64().unwrap_or_default(),
+            jti: text("jti").unwrap_or_default(),
+            scope,
+            client_id,
+            patient: text("patient"),
+        })
+    }
+
+    /// The identity provider's JWKS, cached for five minutes (`fresh`: fetched anew).
+    async fn idp_jwks(
+        &self,
+        idp: &crate::config::ExternalIdp,
+        fresh: bool,
+    ) -> Result<Json, String> {
+        if !fresh {
+            if let Ok(cache) = self.jwks_cache.lock() {
+                if let Some((jwks, fetched)) = cache.get(&idp.jwks_url) {
+                    if fetched.elapsed() < JWKS_REUSE {
+                        return Ok(jwks.clone());
+                    }
+                }
+            }
+        }
+        let jwks = fetch_jwks(&self.policy, &idp.jwks_url)
+            .await
+            .map_err(|why| {
+                format!("not checkable: the identity provider's keys cannot be fetched ({why})")
+            })?;
+        if let Ok(mut cache) = self.jwks_cache.lock() {
+            cache.insert(idp.jwks_url.clone(), (jwks.clone(), Instant::now()));
+        }
+        Ok(jwks)
     }
 
     /// The server's public keys as a JWKS document.
@@ -346,35 +451,12 @@ impl TokenService {
                 }
             }
         }
-        let unavailable = |why: String| {
+        let jwks = fetch_jwks(&self.policy, url).await.map_err(|why| {
             OAuthError::new(
                 "invalid_client",
                 format!("the JWKS of {} cannot be fetched: {why}", client.id),
             )
-        };
-        let parsed = self.policy.check_url(url).map_err(|r| unavailable(r.0))?;
-        let addresses = self
-            .policy
-            .resolve(&parsed)
-            .await
-            .map_err(|r| unavailable(r.0))?;
-        let http = self
-            .policy
-            .client(&parsed, &addresses, Duration::from_secs(10))
-            .map_err(|r| unavailable(r.0))?;
-        let response = http
-            .get(url)
-            .header("Accept", "application/json")
-            .send()
-            .await
-            .map_err(|e| unavailable(e.without_url().to_string()))?;
-        if !response.status().is_success() {
-            return Err(unavailable(format!("it answered {}", response.status())));
-        }
-        let jwks: Json = response
-            .json()
-            .await
-            .map_err(|e| unavailable(format!("not JSON: {}", e.without_url())))?;
+        })?;
         if let Ok(mut cache) = self.jwks_cache.lock() {
             cache.insert(url.clone(), (jwks.clone(), Instant::now()));
         }
@@ -464,6 +546,28 @@ impl TokenService {
                 _ => format!("invalid: {e}"),
             })
     }
+}
+
+/// Fetches a JWKS from `url`, under the outbound-address rules.
+async fn fetch_jwks(policy: &OutboundPolicy, url: &str) -> Result<Json, String> {
+    let parsed = policy.check_url(url).map_err(|r| r.0)?;
+    let addresses = policy.resolve(&parsed).await.map_err(|r| r.0)?;
+    let http = policy
+        .client(&parsed, &addresses, Duration::from_secs(10))
+        .map_err(|r| r.0)?;
+    let response = http
+        .get(url)
+        .header("Accept", "application/json")
+        .send()
+        .await
+        .map_err(|e| e.without_url().to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("it answered {}", response.status()));
+    }
+    response
+        .json()
+        .await
+        .map_err(|e| format!("not JSON: {}", e.without_url()))
 }
 
 /// The `iss` of an assertion, read before it is verified (to find the client and its

@@ -500,3 +500,70 @@ async fn with_auth_on_requests_need_a_token_whose_scopes_cover_them() {
         assert_eq!(response.status().as_u16(), status);
     }
 }
+
+#[tokio::test]
+async fn tokens_of_a_configured_identity_provider_are_accepted() {
+    // The identity provider publishes its keys on a loopback port.
+    let idp_key = rsa_key("idp-2026");
+    let jwks = json!({"keys": [idp_key.jwk.clone()]});
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let idp_addr = listener.local_addr().unwrap();
+    let app_router = axum::Router::new().route(
+        "/jwks",
+        axum::routing::get(move || {
+            let jwks = jwks.clone();
+            async move { axum::Json(jwks) }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app_router).await;
+    });
+    let issuer = "https://idp.hospital.example/realms/clinical";
+    let app = spawn_app_with(|config| {
+        config.outbound_allow = vec!["127.0.0.1".into()];
+        config.external_idp = Some(fhirgate::config::ExternalIdp {
+            issuer: issuer.into(),
+            jwks_url: format!("http://{idp_addr}/jwks"),
+            audience: "fhirgate".into(),
+        });
+    })
+    .await;
+    let idp_token = |claims: Value| assertion(&idp_key, &claims);
+    let good = json!({
+        "iss": issuer, "sub": "svc-ehr", "aud": "fhirgate", "azp": "ehr-integration",
+        "exp": now() + 300, "iat": now(), "scope": "system/Observation.rs"
+    });
+    let get = |token: String, path: &'static str| {
+        let request = app.client.get(app.url(path)).bearer_auth(token);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(get(idp_token(good.clone()), "Observation").await, 200);
+    assert_eq!(
+        get(idp_token(good.clone()), "Patient").await,
+        403,
+        "scopes apply"
+    );
+    let mut scp = good.clone();
+    scp.as_object_mut().unwrap().remove("scope");
+    scp["scp"] = json!(["system/Patient.rs"]);
+    assert_eq!(
+        get(idp_token(scp), "Patient").await,
+        200,
+        "scopes as an scp array"
+    );
+    let mut wrong_audience = good.clone();
+    wrong_audience["aud"] = json!("another-api");
+    assert_eq!(get(idp_token(wrong_audience), "Observation").await, 401);
+    let mut expired = good.clone();
+    expired["exp"] = json!(now() - 120);
+    assert_eq!(get(idp_token(expired), "Observation").await, 401);
+    let mut other_issuer = good.clone();
+    other_issuer["iss"] = json!("https://evil.example");
+    assert_eq!(get(idp_token(other_issuer), "Observation").await, 401);
+    let forged = assertion(&rsa_key("idp-2026"), &good);
+    assert_eq!(
+        get(forged, "Observation").await,
+        401,
+        "same kid, another key"
+    );
+}
