@@ -66,6 +66,69 @@ pub fn needs(method: &Method, segments: &[&str]) -> Needs {
     }
 }
 
+/// The types a search query reaches besides the searched one: `_include` targets,
+/// `_revinclude` sources, chain targets and `_has` types, each needing search access
+/// (else a client could read, or infer, what its scopes do not cover). `None` when a
+/// part reaches every type (`_include=*`, a chain through a parameter without declared
+/// targets).
+pub fn types_reached(searched: &str, query: &str) -> Option<Vec<String>> {
+    use crate::search::params::SearchParams;
+    let params = SearchParams::get();
+    let targets_of = |resource_type: &str, code: &str| -> Option<Vec<String>> {
+        let def = params.param(resource_type, code)?;
+        (!def.targets.is_empty()).then(|| def.targets.clone())
+    };
+    let mut reached: Vec<String> = Vec::new();
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        let base = name.split(':').next().unwrap_or_default();
+        match base {
+            "_include" | "_revinclude" => {
+                for value in value.split(',') {
+                    let parts: Vec<&str> = value.split(':').collect();
+                    match (base, parts.as_slice()) {
+                        (_, ["*"]) => return None,
+                        ("_revinclude", [source, ..]) => reached.push(source.to_string()),
+                        (_, [_, _, target]) => reached.push(target.to_string()),
+                        (_, [source, param]) if *param != "*" => {
+                            reached.extend(targets_of(source, param)?)
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            "_has" => {
+                // _has:Observation:patient:code=…
+                if let Some(source) = name.split(':').nth(1) {
+                    reached.push(source.to_string());
+                }
+            }
+            _ if name.contains('.') => {
+                // subject:Patient.name or subject.name, possibly chained further.
+                let mut current = searched.to_string();
+                for link in name.split('.').take(name.split('.').count() - 1) {
+                    let (code, target) = match link.split_once(':') {
+                        Some((code, target)) => (code, Some(target.to_string())),
+                        None => (link, None),
+                    };
+                    let targets = match target {
+                        Some(target) => vec![target],
+                        None => targets_of(&current, code)?,
+                    };
+                    reached.extend(targets.iter().cloned());
+                    match targets.as_slice() {
+                        [one] => current = one.clone(),
+                        _ => return None,
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    reached.sort();
+    reached.dedup();
+    Some(reached)
+}
+
 fn unauthorized(why: &str) -> Response {
     let mut response = FhirError::new(
         StatusCode::UNAUTHORIZED,
@@ -134,11 +197,31 @@ pub async fn authenticate(
         Err(why) => return unauthorized(&format!("the access token is {why}")),
     };
     let principal = Principal::from_claims(&claims);
-    let allowed = match &need {
+    let mut allowed = match &need {
         Needs::Nothing | Needs::Token => true,
         Needs::Access(resource_type, permission) => principal.may(resource_type, *permission),
         Needs::Everything => principal.may_do_anything(),
     };
+    let mut need = need;
+    if let (true, Needs::Access(resource_type, Permission::Search)) = (allowed, &need) {
+        // What the query reaches through includes, chains and _has.
+        let query = request.uri().query().unwrap_or_default();
+        match types_reached(resource_type, query) {
+            None => {
+                allowed = principal.may_do_anything();
+                need = Needs::Everything;
+            }
+            Some(types) => {
+                if let Some(other) = types
+                    .into_iter()
+                    .find(|t| !principal.may(t, Permission::Search))
+                {
+                    allowed = false;
+                    need = Needs::Access(other, Permission::Search);
+                }
+            }
+        }
+    }
     if !allowed {
         let what = match &need {
             Needs::Access(resource_type, permission) => {
@@ -160,6 +243,33 @@ pub async fn authenticate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn includes_chains_and_has_reach_other_types() {
+        let reached = |query: &str| types_reached("Observation", query);
+        assert_eq!(reached("code=8867-4"), Some(vec![]));
+        assert_eq!(
+            reached("_include=Observation:subject:Patient&_revinclude=Provenance:target"),
+            Some(vec!["Patient".to_string(), "Provenance".to_string()])
+        );
+        assert_eq!(
+            reached("subject:Patient.name=Chalmers"),
+            Some(vec!["Patient".to_string()])
+        );
+        assert_eq!(
+            reached("patient.organization.name=x"),
+            Some(vec!["Organization".to_string(), "Patient".to_string()])
+        );
+        assert_eq!(
+            types_reached("Patient", "_has:Observation:patient:code=8867-4"),
+            Some(vec!["Observation".to_string()])
+        );
+        assert_eq!(reached("_include=*"), None);
+        let subject = reached("_include=Observation:subject").unwrap();
+        assert!(
+            subject.contains(&"Patient".to_string()) && subject.contains(&"Device".to_string())
+        );
+    }
 
     #[test]
     fn routes_map_to_the_access_they_need() {

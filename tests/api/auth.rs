@@ -485,6 +485,36 @@ async fn with_auth_on_requests_need_a_token_whose_scopes_cover_them() {
             assert!(outcome_text(&body).contains("do not grant"), "{body}");
         }
     }
+    // Includes, chains and _has reach other types: their scopes are needed too.
+    let both = token_for(&app, "system/Observation.rs system/Patient.rs").await;
+    for (path, token, status) in [
+        (
+            "Observation?_include=Observation:subject:Patient",
+            &reader,
+            403,
+        ),
+        ("Observation?subject:Patient.name=Chalmers", &reader, 403),
+        ("Patient?_has:Observation:patient:code=8867-4", &reader, 403),
+        ("Observation?_include=*", &both, 403),
+        (
+            "Observation?_include=Observation:subject:Patient",
+            &both,
+            200,
+        ),
+        ("Observation?subject:Patient.name=Chalmers", &both, 200),
+        ("Patient?_has:Observation:patient:code=8867-4", &both, 200),
+    ] {
+        let response = app
+            .client
+            .get(app.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let got = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        assert_eq!(got, status, "{path}: {body}");
+    }
     // A Bundle reaches several types: everything is needed until entries are checked.
     let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": []});
     for (token, status) in [(&reader, 403), (&writer, 200)] {
