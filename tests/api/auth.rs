@@ -597,3 +597,23 @@ async fn tokens_of_a_configured_identity_provider_are_accepted() {
         "same kid, another key"
     );
 }
+
+#[tokio::test]
+async fn token_requests_are_rate_limited_per_client() {
+    let app = spawn_app_with(|config| config.auth = fhirgate::config::AuthMode::Off).await;
+    let token_url = app.root("/auth/token");
+    let key = ec_key("k");
+    register(&app, "chatty", &[&key], "system/Observation.rs", None).await;
+    let mut statuses = Vec::new();
+    for _ in 0..61 {
+        let (status, _, _) = request_token(
+            &app,
+            &assertion(&key, &claims("chatty", &token_url, 60)),
+            "system/Observation.rs",
+        )
+        .await;
+        statuses.push(status);
+    }
+    assert!(statuses[..60].iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(statuses[60], 429);
+}
