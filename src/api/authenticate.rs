@@ -197,47 +197,113 @@ pub async fn authenticate(
         Err(why) => return unauthorized(&format!("the access token is {why}")),
     };
     let principal = Principal::from_claims(&claims);
-    let mut allowed = match &need {
+    // A Bundle: each entry is checked as the request it stands for.
+    if segments.is_empty() && request.method() == Method::POST {
+        let limit = state.config.max_body_bytes;
+        let (parts, body) = request.into_parts();
+        let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+            return FhirError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                IssueCode::TooLong,
+                format!("the Bundle is larger than {limit} bytes"),
+            )
+            .into_response();
+        };
+        if let Some((index, unmet)) = bundle_refusal(&principal, &bytes) {
+            return forbidden(&claims.scope, &unmet, Some(index));
+        }
+        let mut request = Request::from_parts(parts, axum::body::Body::from(bytes));
+        request.extensions_mut().insert(principal);
+        return next.run(request).await;
+    }
+    let query = request.uri().query().unwrap_or_default().to_string();
+    if let Some(unmet) = refusal(&principal, need, &segments, &query) {
+        return forbidden(&claims.scope, &unmet, None);
+    }
+    request.extensions_mut().insert(principal);
+    next.run(request).await
+}
+
+/// What the principal lacks for a request needing `need` (with its query string), if
+/// anything.
+fn refusal(principal: &Principal, need: Needs, segments: &[&str], query: &str) -> Option<Needs> {
+    // A system-level search names its types in _type; without it, it reaches every type.
+    if segments.is_empty() && need == Needs::Everything {
+        let types: Vec<String> = form_urlencoded::parse(query.as_bytes())
+            .filter(|(name, _)| name == "_type")
+            .flat_map(|(_, value)| value.split(',').map(str::to_string).collect::<Vec<_>>())
+            .collect();
+        if !types.is_empty() {
+            return types
+                .into_iter()
+                .find(|t| !principal.may(t, Permission::Search))
+                .map(|t| Needs::Access(t, Permission::Search));
+        }
+    }
+    let allowed = match &need {
         Needs::Nothing | Needs::Token => true,
         Needs::Access(resource_type, permission) => principal.may(resource_type, *permission),
         Needs::Everything => principal.may_do_anything(),
     };
-    let mut need = need;
-    if let (true, Needs::Access(resource_type, Permission::Search)) = (allowed, &need) {
+    if !allowed {
+        return Some(need);
+    }
+    if let Needs::Access(resource_type, Permission::Search) = &need {
         // What the query reaches through includes, chains and _has.
-        let query = request.uri().query().unwrap_or_default();
-        match types_reached(resource_type, query) {
-            None => {
-                allowed = principal.may_do_anything();
-                need = Needs::Everything;
-            }
-            Some(types) => {
-                if let Some(other) = types
-                    .into_iter()
-                    .find(|t| !principal.may(t, Permission::Search))
-                {
-                    allowed = false;
-                    need = Needs::Access(other, Permission::Search);
-                }
-            }
+        return match types_reached(resource_type, query) {
+            None => (!principal.may_do_anything()).then_some(Needs::Everything),
+            Some(types) => types
+                .into_iter()
+                .find(|t| !principal.may(t, Permission::Search))
+                .map(|t| Needs::Access(t, Permission::Search)),
+        };
+    }
+    None
+}
+
+/// The first entry of a batch or transaction Bundle the principal may not run, with what
+/// it lacks. A body that is not a Bundle is left to the handler to refuse.
+fn bundle_refusal(principal: &Principal, body: &[u8]) -> Option<(usize, Needs)> {
+    let bundle: serde_json::Value = serde_json::from_slice(body).ok()?;
+    for (index, entry) in bundle["entry"].as_array()?.iter().enumerate() {
+        let method = entry["request"]["method"]
+            .as_str()
+            .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+            .unwrap_or(Method::GET);
+        let url = entry["request"]["url"].as_str().unwrap_or_default();
+        // An entry URL is relative to the base; an absolute one is cut at `/fhir/`.
+        let url = url.split_once("/fhir/").map_or(url, |(_, rest)| rest);
+        let (path, query) = url.split_once('?').unwrap_or((url, ""));
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        // A nested Bundle entry is not allowed anyway; treat it as reaching everything.
+        let need = if segments.is_empty() {
+            Needs::Everything
+        } else {
+            needs(&method, &segments)
+        };
+        if let Some(unmet) = refusal(principal, need, &segments, query) {
+            return Some((index, unmet));
         }
     }
-    if !allowed {
-        let what = match &need {
-            Needs::Access(resource_type, permission) => {
-                format!("{permission:?} access to {resource_type}")
-            }
-            _ => "access to every resource type (system/*.cruds)".to_string(),
-        };
-        return FhirError::new(
-            StatusCode::FORBIDDEN,
-            IssueCode::Forbidden,
-            format!("the token's scopes ({}) do not grant {what}", claims.scope),
-        )
-        .into_response();
+    None
+}
+
+fn forbidden(scope: &str, unmet: &Needs, entry: Option<usize>) -> Response {
+    let what = match unmet {
+        Needs::Access(resource_type, permission) => {
+            format!("{permission:?} access to {resource_type}")
+        }
+        _ => "access to every resource type (system/*.cruds)".to_string(),
+    };
+    let mut error = FhirError::new(
+        StatusCode::FORBIDDEN,
+        IssueCode::Forbidden,
+        format!("the token's scopes ({scope}) do not grant {what}"),
+    );
+    if let Some(index) = entry {
+        error = error.at(format!("Bundle.entry[{index}]"));
     }
-    request.extensions_mut().insert(principal);
-    next.run(request).await
+    error.into_response()
 }
 
 #[cfg(test)]

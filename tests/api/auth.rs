@@ -515,19 +515,58 @@ async fn with_auth_on_requests_need_a_token_whose_scopes_cover_them() {
         let body: Value = response.json().await.unwrap_or(Value::Null);
         assert_eq!(got, status, "{path}: {body}");
     }
-    // A Bundle reaches several types: everything is needed until entries are checked.
-    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": []});
-    for (token, status) in [(&reader, 403), (&writer, 200)] {
+    // A Bundle: each entry is checked as the request it stands for.
+    let reads = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": format!("Observation/{id}")}},
+        {"request": {"method": "GET", "url": "Observation?code=8867-4"}}
+    ]});
+    let writes_patient = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "GET", "url": "Observation?code=8867-4"}},
+        {"fullUrl": "urn:uuid:0c1f4e3a-7f43-4b0e-9d3f-3a7b2b2a9f01",
+         "resource": patient("MRN-1"), "request": {"method": "POST", "url": "Patient"}}
+    ]});
+    for (bundle, token, status) in [
+        (&reads, &reader, 200),
+        (&writes_patient, &reader, 403),
+        (&writes_patient, &writer, 200),
+    ] {
         let response = app
             .client
             .post(app.url(""))
             .bearer_auth(token)
             .header("content-type", FHIR_JSON)
-            .body(batch.to_string())
+            .body(bundle.to_string())
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status().as_u16(), status);
+        let got = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(got, status, "{body}");
+        if status == 403 {
+            assert!(
+                outcome_expressions(&body).contains(&"Bundle.entry[1]".to_string()),
+                "{body}"
+            );
+            assert!(
+                outcome_text(&body).contains("Create access to Patient"),
+                "{body}"
+            );
+        }
+    }
+    // A system-level search needs the types it names.
+    for (path, status) in [
+        ("?_type=Observation", 200),
+        ("?_type=Observation,Patient", 403),
+        ("?_id=x", 403),
+    ] {
+        let response = app
+            .client
+            .get(app.url(path))
+            .bearer_auth(&reader)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status, "{path}");
     }
 }
 
