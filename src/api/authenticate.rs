@@ -217,11 +217,103 @@ pub async fn authenticate(
         return next.run(request).await;
     }
     let query = request.uri().query().unwrap_or_default().to_string();
-    if let Some(unmet) = refusal(&principal, need, &segments, &query) {
-        return forbidden(&claims.scope, &unmet, None);
+    if let Some(unmet) = refusal(&principal, need.clone(), &segments, &query) {
+        // A query-restricted scope (`system/Observation.rs?category=…`) may still grant it.
+        match restricted(
+            &state,
+            &principal,
+            &unmet,
+            request.method(),
+            &segments,
+            &query,
+        )
+        .await
+        {
+            Restricted::Search(restricted_query) => {
+                let uri = format!("{}?{restricted_query}", request.uri().path());
+                match uri.parse() {
+                    Ok(uri) => *request.uri_mut() = uri,
+                    Err(_) => return forbidden(&claims.scope, &unmet, None),
+                }
+            }
+            Restricted::Granted => {}
+            Restricted::Refused(why) => {
+                return match why {
+                    Some(why) => FhirError::new(StatusCode::FORBIDDEN, IssueCode::Forbidden, why)
+                        .into_response(),
+                    None => forbidden(&claims.scope, &unmet, None),
+                }
+            }
+        }
     }
     request.extensions_mut().insert(principal);
     next.run(request).await
+}
+
+/// What a query-restricted scope makes of a request no unrestricted scope grants.
+enum Restricted {
+    /// A search, run with the restriction added to its criteria.
+    Search(String),
+    /// A read of a resource that matches the restriction.
+    Granted,
+    /// Not granted (with the reason when it is the restriction's).
+    Refused(Option<String>),
+}
+
+async fn restricted(
+    state: &AppState,
+    principal: &Principal,
+    unmet: &Needs,
+    method: &Method,
+    segments: &[&str],
+    query: &str,
+) -> Restricted {
+    let Needs::Access(resource_type, permission) = unmet else {
+        return Restricted::Refused(None);
+    };
+    let restrictions = principal.restrictions(resource_type, *permission);
+    let restriction = match restrictions.as_slice() {
+        [] => return Restricted::Refused(None),
+        [one] => one.clone(),
+        _ => {
+            return Restricted::Refused(Some(format!(
+                "the token holds several restricted scopes for {resource_type} ({}); ask for \
+                 one of them",
+                restrictions.join(", ")
+            )))
+        }
+    };
+    match (*permission, segments) {
+        // A search of the type, or of it in a compartment: only the matching resources,
+        // and nothing reached from them (their own types could include more of this one).
+        (Permission::Search, [t] | [_, _, t]) if *method == Method::GET && t == resource_type => {
+            if types_reached(resource_type, query).is_none_or(|types| !types.is_empty()) {
+                return Restricted::Refused(Some(format!(
+                    "with a restricted scope ({restriction}), a search of {resource_type} may not \
+                     use _include, _revinclude, chains or _has"
+                )));
+            }
+            // Appended as encoded pairs: a scope's query is written plainly (`|`, `:`).
+            let mut joined = form_urlencoded::Serializer::new(query.to_string());
+            for (name, value) in form_urlencoded::parse(restriction.as_bytes()) {
+                joined.append_pair(&name, &value);
+            }
+            Restricted::Search(joined.finish())
+        }
+        // A read (or its history) of one resource that matches the restriction.
+        (Permission::Read, [t, id, ..]) if *method == Method::GET && t == resource_type => {
+            let criteria = format!("_id={id}&{restriction}");
+            match crate::store::matching::find_matches(state.store.connection(), resource_type, &criteria)
+                .await
+            {
+                Ok(found) if !found.is_empty() => Restricted::Granted,
+                _ => Restricted::Refused(Some(format!(
+                    "{resource_type}/{id} is not within the token's scope restriction ({restriction})"
+                ))),
+            }
+        }
+        _ => Restricted::Refused(None),
+    }
 }
 
 /// What the principal lacks for a request needing `need` (with its query string), if

@@ -33,14 +33,29 @@ impl Principal {
 
     /// Whether some scope grants `permission` on every resource of `resource_type`.
     ///
-    /// Until compartments and query restrictions are enforced on results, `patient/`
-    /// scopes and query-restricted scopes grant nothing here: denying is the safe side.
+    /// `patient/` scopes grant nothing here until compartments are enforced on results;
+    /// query-restricted scopes grant only what [`Principal::restrictions`] allows.
     pub fn may(&self, resource_type: &str, permission: Permission) -> bool {
         self.scopes.iter().any(|s| {
             s.context != Context::Patient
                 && s.query.is_none()
                 && s.covers(resource_type, permission)
         })
+    }
+
+    /// The query restrictions under which `permission` on `resource_type` is granted when
+    /// no unrestricted scope grants it (`system/Observation.rs?category=…`); empty when
+    /// none does.
+    pub fn restrictions(&self, resource_type: &str, permission: Permission) -> Vec<String> {
+        let mut queries: Vec<String> = self
+            .scopes
+            .iter()
+            .filter(|s| s.context != Context::Patient && s.covers(resource_type, permission))
+            .filter_map(|s| s.query.clone())
+            .collect();
+        queries.sort();
+        queries.dedup();
+        queries
     }
 
     /// Whether the scopes grant everything on every type (`system/*.cruds`): needed for

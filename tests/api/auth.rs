@@ -656,3 +656,67 @@ async fn token_requests_are_rate_limited_per_client() {
     assert!(statuses[..60].iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(statuses[60], 429);
 }
+
+#[tokio::test]
+async fn query_restricted_scopes_see_only_what_matches_the_restriction() {
+    let app = spawn_app().await;
+    let vital = app.create(&heart_rate("Patient/p1", 70)).await;
+    let mut lab = heart_rate("Patient/p1", 5);
+    lab["category"][0]["coding"][0]["code"] = json!("laboratory");
+    let lab = app.create(&lab).await;
+    let restricted = token_for(
+        &app,
+        "system/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|vital-signs",
+    )
+    .await;
+    let get = |path: String| {
+        let request = app.client.get(app.url(&path)).bearer_auth(&restricted);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, bundle) = get("Observation?subject=Patient/p1".into()).await;
+    assert_eq!(status, 200, "{bundle}");
+    let ids: Vec<&str> = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![vital["id"].as_str().unwrap()], "only vital signs");
+    let (status, bundle) = get("Patient/p1/Observation".into()).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        bundle["entry"].as_array().unwrap().len(),
+        1,
+        "the compartment too: {bundle}"
+    );
+    assert_eq!(
+        get(format!("Observation/{}", vital["id"].as_str().unwrap()))
+            .await
+            .0,
+        200
+    );
+    let (status, body) = get(format!("Observation/{}", lab["id"].as_str().unwrap())).await;
+    assert_eq!(status, 403);
+    assert!(outcome_text(&body).contains("restriction"), "{body}");
+    let (status, body) = get("Observation?_revinclude=Provenance:target".into()).await;
+    assert_eq!(status, 403);
+    assert!(outcome_text(&body).contains("_include"), "{body}");
+    // Writes are not granted by a read scope, restricted or not.
+    let response = app
+        .client
+        .post(app.url("Observation"))
+        .bearer_auth(&restricted)
+        .header("content-type", FHIR_JSON)
+        .body(heart_rate("Patient/p1", 71).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+}
