@@ -236,6 +236,16 @@ pub async fn authenticate(
                     Err(_) => return forbidden(&claims.scope, &unmet, None),
                 }
             }
+            Restricted::Path(path) => {
+                let uri = match request.uri().query() {
+                    Some(query) => format!("{path}?{query}"),
+                    None => path,
+                };
+                match uri.parse() {
+                    Ok(uri) => *request.uri_mut() = uri,
+                    Err(_) => return forbidden(&claims.scope, &unmet, None),
+                }
+            }
             Restricted::Granted => {}
             Restricted::Refused(why) => {
                 return match why {
@@ -250,8 +260,95 @@ pub async fn authenticate(
     next.run(request).await
 }
 
+/// A `patient/` token's request: a search becomes the compartment search of its patient
+/// (`Observation?…` → `Patient/{patient}/Observation?…`), a read is of a resource in the
+/// compartment; nothing else is granted yet (writes, operations, includes, chains, _has).
+async fn in_compartment(
+    state: &AppState,
+    patient: &str,
+    resource_type: &str,
+    permission: Permission,
+    method: &Method,
+    segments: &[&str],
+    query: &str,
+) -> Restricted {
+    use crate::search::compartment::Compartments;
+    let outside = |what: String| Restricted::Refused(Some(what));
+    let members = resource_type == "Patient"
+        || !Compartments::get()
+            .params("Patient", resource_type)
+            .is_empty();
+    if !members {
+        return outside(format!(
+            "{resource_type} resources are not in a patient's compartment; a patient/ token \
+             reaches only its patient's data"
+        ));
+    }
+    match (permission, segments) {
+        (Permission::Search, [t] | ["Patient", _, t])
+            if *method == Method::GET && *t == resource_type =>
+        {
+            if let ["Patient", id, _] = segments {
+                if *id != patient {
+                    return outside(format!(
+                        "a patient/ token reaches only Patient/{patient}'s compartment"
+                    ));
+                }
+            }
+            if types_reached(resource_type, query).is_none_or(|types| !types.is_empty()) {
+                return outside(
+                    "with a patient/ token, searches may not use _include, _revinclude, chains or _has yet"
+                        .into(),
+                );
+            }
+            Restricted::Path(format!("/fhir/Patient/{patient}/{resource_type}"))
+        }
+        (Permission::Read, [t, id, ..]) if *method == Method::GET && *t == resource_type => {
+            match in_patient_compartment(state, patient, resource_type, id).await {
+                true => Restricted::Granted,
+                false => outside(format!(
+                    "{resource_type}/{id} is not in Patient/{patient}'s compartment"
+                )),
+            }
+        }
+        _ => outside("a patient/ token may only read and search its patient's data for now".into()),
+    }
+}
+
+/// Whether `resource_type/id` is in the compartment of `Patient/patient`.
+async fn in_patient_compartment(
+    state: &AppState,
+    patient: &str,
+    resource_type: &str,
+    id: &str,
+) -> bool {
+    use sea_orm::ConnectionTrait;
+    let Ok(condition) = crate::search::compartment::Compartments::get().condition(
+        "Patient",
+        patient,
+        resource_type,
+    ) else {
+        return false;
+    };
+    let (filter, filter_values) = crate::search::criteria::conjunction(vec![condition]);
+    let mut values: Vec<sea_orm::Value> = vec![resource_type.into(), id.into(), false.into()];
+    values.extend(filter_values);
+    let connection = state.store.connection();
+    let statement = crate::store::sql::statement(
+        connection.get_database_backend(),
+        &format!(
+            "SELECT 1 AS found FROM resources r WHERE r.resource_type = ? AND r.id = ? \
+             AND r.deleted = ?{filter}"
+        ),
+        values,
+    );
+    matches!(connection.query_one_raw(statement).await, Ok(Some(_)))
+}
+
 /// What a query-restricted scope makes of a request no unrestricted scope grants.
 enum Restricted {
+    /// A search of a compartment instead (the new path; the query is kept).
+    Path(String),
     /// A search, run with the restriction added to its criteria.
     Search(String),
     /// A read of a resource that matches the restriction.
@@ -271,6 +368,22 @@ async fn restricted(
     let Needs::Access(resource_type, permission) = unmet else {
         return Restricted::Refused(None);
     };
+    if let Some(patient) = principal
+        .patient
+        .as_deref()
+        .filter(|_| principal.may_in_compartment(resource_type, *permission))
+    {
+        return in_compartment(
+            state,
+            patient,
+            resource_type,
+            *permission,
+            method,
+            segments,
+            query,
+        )
+        .await;
+    }
     let restrictions = principal.restrictions(resource_type, *permission);
     let restriction = match restrictions.as_slice() {
         [] => return Restricted::Refused(None),

@@ -119,7 +119,7 @@ pub fn app(state: AppState) -> Router {
         .split_for_parts();
     let max_body = state.config.max_body_bytes;
     let api_doc = openapi::finish(api_doc);
-    Router::new()
+    let routes: Router = Router::new()
         .merge(fhir)
         .merge(openapi::docs_routes(api_doc))
         .route("/healthz", axum::routing::get(health))
@@ -131,10 +131,17 @@ pub fn app(state: AppState) -> Router {
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state.clone());
+    // Authentication runs before routing: a patient/ token's search is routed as the
+    // search of its patient's compartment.
+    let authenticated = tower::ServiceBuilder::new()
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate::authenticate,
         ))
+        .service(routes);
+    Router::new()
+        .fallback_service(authenticated)
         .layer(axum::middleware::from_fn(negotiate::check_accept))
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(

@@ -43,6 +43,17 @@ impl Principal {
         })
     }
 
+    /// Whether a `patient/` scope (without a query restriction) grants `permission` on
+    /// `resource_type` within the token's patient compartment.
+    pub fn may_in_compartment(&self, resource_type: &str, permission: Permission) -> bool {
+        self.patient.is_some()
+            && self.scopes.iter().any(|s| {
+                s.context == Context::Patient
+                    && s.query.is_none()
+                    && s.covers(resource_type, permission)
+            })
+    }
+
     /// The query restrictions under which `permission` on `resource_type` is granted when
     /// no unrestricted scope grants it (`system/Observation.rs?category=…`); empty when
     /// none does.

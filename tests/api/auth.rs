@@ -720,3 +720,108 @@ async fn query_restricted_scopes_see_only_what_matches_the_restriction() {
         .unwrap();
     assert_eq!(response.status(), 403);
 }
+
+#[tokio::test]
+async fn patient_tokens_reach_only_their_patients_compartment() {
+    let app = spawn_app().await;
+    for id in ["p-42", "p-7"] {
+        let mut body = patient(id);
+        body["id"] = json!(id);
+        json_with_status(app.put(&format!("Patient/{id}"), &body).await, 201).await;
+    }
+    let mine = app.create(&heart_rate("Patient/p-42", 70)).await;
+    let theirs = app.create(&heart_rate("Patient/p-7", 80)).await;
+    let key = ec_key("k");
+    register(
+        &app,
+        "cuff",
+        &[&key],
+        "patient/Observation.rs patient/Patient.rs",
+        Some("p-42"),
+    )
+    .await;
+    let (status, body, _) = request_token(
+        &app,
+        &assertion(&key, &claims("cuff", &app.root("/auth/token"), 60)),
+        "patient/Observation.rs patient/Patient.rs",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["access_token"].as_str().unwrap().to_string();
+    let get = |path: String| {
+        let request = app.client.get(app.url(&path)).bearer_auth(&token);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let ids = |bundle: &Value| -> Vec<String> {
+        bundle["entry"]
+            .as_array()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (status, bundle) = get("Observation".into()).await;
+    assert_eq!(status, 200, "{bundle}");
+    assert_eq!(ids(&bundle), vec![mine["id"].as_str().unwrap().to_string()]);
+    let (status, bundle) = get("Observation?subject=Patient/p-7".into()).await;
+    assert_eq!(
+        (status, ids(&bundle).len()),
+        (200, 0),
+        "no leak through criteria"
+    );
+    let (status, bundle) = get("Patient".into()).await;
+    assert_eq!((status, ids(&bundle)), (200, vec!["p-42".to_string()]));
+    assert_eq!(
+        get(format!("Observation/{}", mine["id"].as_str().unwrap()))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        get(format!("Observation/{}", theirs["id"].as_str().unwrap()))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(get("Patient/p-42".into()).await.0, 200);
+    assert_eq!(get("Patient/p-7".into()).await.0, 403);
+    assert_eq!(get("Patient/p-7/Observation".into()).await.0, 403);
+    assert_eq!(get("Patient/p-42/Observation".into()).await.0, 200);
+    assert_eq!(
+        get("Observation?_include=Observation:subject:Patient".into())
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        get("Observation?subject:Patient.name=Chalmers".into())
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        get("Encounter".into()).await.0,
+        403,
+        "no scope for Encounter"
+    );
+    let response = app
+        .client
+        .post(app.url("Observation"))
+        .bearer_auth(&token)
+        .header("content-type", FHIR_JSON)
+        .body(heart_rate("Patient/p-42", 71).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+}
