@@ -218,6 +218,26 @@ pub async fn authenticate(
     }
     let query = request.uri().query().unwrap_or_default().to_string();
     if let Some(unmet) = refusal(&principal, need.clone(), &segments, &query) {
+        // A patient/ token writing its patient's data (a home device posting readings).
+        if let Some(write) = compartment_write(&principal, &unmet, request.method(), &segments) {
+            let limit = state.config.max_body_bytes;
+            let (parts, body) = request.into_parts();
+            let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+                return FhirError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    IssueCode::TooLong,
+                    format!("the body is larger than {limit} bytes"),
+                )
+                .into_response();
+            };
+            if let Err(why) = write.check(&state, &bytes).await {
+                return FhirError::new(StatusCode::FORBIDDEN, IssueCode::Forbidden, why)
+                    .into_response();
+            }
+            let mut request = Request::from_parts(parts, axum::body::Body::from(bytes));
+            request.extensions_mut().insert(principal);
+            return next.run(request).await;
+        }
         // A query-restricted scope (`system/Observation.rs?category=…`) may still grant it.
         match restricted(
             &state,
@@ -343,6 +363,81 @@ async fn in_patient_compartment(
         values,
     );
     matches!(connection.query_one_raw(statement).await, Ok(Some(_)))
+}
+
+/// A create (`POST [type]`) or update (`PUT [type]/[id]`) by a `patient/` token.
+struct CompartmentWrite {
+    patient: String,
+    resource_type: String,
+    /// The id of an update.
+    id: Option<String>,
+}
+
+fn compartment_write(
+    principal: &Principal,
+    unmet: &Needs,
+    method: &Method,
+    segments: &[&str],
+) -> Option<CompartmentWrite> {
+    let Needs::Access(resource_type, permission) = unmet else {
+        return None;
+    };
+    let patient = principal.patient.clone()?;
+    if !principal.may_in_compartment(resource_type, *permission) {
+        return None;
+    }
+    let id = match (method, *permission, segments) {
+        (&Method::POST, Permission::Create, [_]) => None,
+        (&Method::PUT, Permission::Update, [_, id]) => Some(id.to_string()),
+        _ => return None,
+    };
+    Some(CompartmentWrite {
+        patient,
+        resource_type: resource_type.clone(),
+        id,
+    })
+}
+
+impl CompartmentWrite {
+    /// The new content must be in the patient's compartment, and so must the resource an
+    /// update replaces (or a token could take over another patient's data by its id).
+    async fn check(&self, state: &AppState, body: &[u8]) -> Result<(), String> {
+        let (patient, resource_type) = (self.patient.as_str(), self.resource_type.as_str());
+        // A body that is not JSON is refused by the handler with 400.
+        let Ok(content) = serde_json::from_slice::<serde_json::Value>(body) else {
+            return Ok(());
+        };
+        let member = if resource_type == "Patient" {
+            self.id.as_deref() == Some(patient) && content["id"] == patient
+        } else {
+            use crate::search::extract::{extract_where, IndexEntry};
+            let params =
+                crate::search::compartment::Compartments::get().params("Patient", resource_type);
+            extract_where(crate::search::params::SearchParams::get(), &content, |def| {
+                params.iter().any(|p| *p == *def.code)
+            })
+            .iter()
+            .any(|entry| {
+                matches!(entry, IndexEntry::Reference { target_type: Some(t), target_id: Some(id), .. }
+                    if t == "Patient" && id == patient)
+            })
+        };
+        if !member {
+            return Err(format!(
+                "a patient/ token writes only Patient/{patient}'s data: the {resource_type} \
+                 must refer to Patient/{patient} (e.g. in subject)"
+            ));
+        }
+        if let Some(id) = &self.id {
+            let exists = matches!(state.store.read(resource_type, id).await, Ok(Some(stored)) if !stored.deleted);
+            if exists && !in_patient_compartment(state, patient, resource_type, id).await {
+                return Err(format!(
+                    "{resource_type}/{id} belongs to another patient's compartment"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What a query-restricted scope makes of a request no unrestricted scope grants.

@@ -825,3 +825,94 @@ async fn patient_tokens_reach_only_their_patients_compartment() {
         .unwrap();
     assert_eq!(response.status(), 403);
 }
+
+#[tokio::test]
+async fn patient_tokens_write_only_their_patients_data() {
+    let app = spawn_app().await;
+    let theirs = app.create(&heart_rate("Patient/p-7", 80)).await;
+    let key = ec_key("k");
+    register(
+        &app,
+        "home-cuff",
+        &[&key],
+        "patient/Observation.cruds",
+        Some("p-42"),
+    )
+    .await;
+    let (_, body, _) = request_token(
+        &app,
+        &assertion(&key, &claims("home-cuff", &app.root("/auth/token"), 60)),
+        "patient/Observation.cu",
+    )
+    .await;
+    let token = body["access_token"].as_str().expect("a token").to_string();
+    let send = |method: reqwest::Method, path: String, body: Value| {
+        let request = app
+            .client
+            .request(method, app.url(&path))
+            .bearer_auth(&token)
+            .header("content-type", FHIR_JSON)
+            .body(body.to_string());
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, created) = send(
+        reqwest::Method::POST,
+        "Observation".into(),
+        heart_rate("Patient/p-42", 71),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let (status, body) = send(
+        reqwest::Method::POST,
+        "Observation".into(),
+        heart_rate("Patient/p-7", 72),
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert!(outcome_text(&body).contains("Patient/p-42"), "{body}");
+    let mut update = created.clone();
+    update["valueQuantity"]["value"] = json!(73);
+    let id = created["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        send(reqwest::Method::PUT, format!("Observation/{id}"), update)
+            .await
+            .0,
+        200
+    );
+    // Taking over another patient's Observation by its id, even re-pointed at p-42.
+    let theirs_id = theirs["id"].as_str().unwrap().to_string();
+    let mut takeover = theirs.clone();
+    takeover["subject"] = json!({"reference": "Patient/p-42"});
+    let (status, body) = send(
+        reqwest::Method::PUT,
+        format!("Observation/{theirs_id}"),
+        takeover,
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert!(outcome_text(&body).contains("another patient"), "{body}");
+    // Not granted: reading (the token has c and u only) and deleting.
+    let response = app
+        .client
+        .get(app.url(&format!("Observation/{id}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let response = app
+        .client
+        .delete(app.url(&format!("Observation/{id}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+}
