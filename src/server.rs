@@ -125,11 +125,13 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, StartError> {
         },
         metrics.clone(),
     );
+    let auditor = crate::auth::audit::Auditor::start(store.clone());
     let state = AppState {
         store,
         config: Arc::new(config),
         capability: Arc::new(api::metadata::capability_statement()),
         metrics,
+        audit: auditor,
         auth: Arc::new(
             crate::auth::token::TokenService::new(signing_keys, policy_for_auth)
                 .with_external(external_idp),

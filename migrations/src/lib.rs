@@ -13,6 +13,7 @@ mod m20261124_000005_covering_indexes;
 mod m20261124_000006_postgres_byte_order;
 mod m20261124_000007_subscription_delivery;
 mod m20261124_000008_auth;
+mod m20261124_000009_audit;
 
 pub struct Migrator;
 
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000006_postgres_byte_order::Migration),
             Box::new(m20261124_000007_subscription_delivery::Migration),
             Box::new(m20261124_000008_auth::Migration),
+            Box::new(m20261124_000009_audit::Migration),
         ]
     }
 }

@@ -52,11 +52,29 @@ pub async fn token(
         };
         return oauth_json(error.status, error.body());
     };
-    match state
+    let claimed = request
+        .client_assertion
+        .as_deref()
+        .and_then(crate::auth::token::claimed_client);
+    let result = state
         .auth
         .issue(&state.store, &token_url(&base.0), &base.0, request)
-        .await
-    {
+        .await;
+    // Token requests are audited, refused ones with the client they claimed to be.
+    state.audit.record(crate::auth::audit::Record {
+        client_id: claimed,
+        patient: None,
+        method: "TOKEN".into(),
+        target: "/auth/token".into(),
+        resource_type: None,
+        resource_id: None,
+        status: match &result {
+            Ok(_) => 200,
+            Err(error) => error.status.as_u16(),
+        },
+        address: None,
+    });
+    match result {
         Ok(body) => oauth_json(StatusCode::OK, body),
         Err(error) => {
             tracing::info!(

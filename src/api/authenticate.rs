@@ -148,11 +148,14 @@ fn unauthorized(why: &str) -> Response {
     response
 }
 
-pub async fn authenticate(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+/// Who made a request, once known (for the audit trail).
+#[derive(Default)]
+struct Who {
+    client_id: Option<String>,
+    patient: Option<String>,
+}
+
+pub async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if state.config.auth != AuthMode::Smart {
         return next.run(request).await;
     }
@@ -161,10 +164,56 @@ pub async fn authenticate(
         return next.run(request).await;
     };
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-    let need = needs(request.method(), &segments);
-    if need == Needs::Nothing {
+    if needs(request.method(), &segments) == Needs::Nothing {
         return next.run(request).await;
     }
+    // Every REST interaction is audited, refused ones too.
+    let method = request.method().to_string();
+    let target = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let is_type = |t: &str| crate::fhir::definitions::Definitions::get().is_resource_type(t);
+    let resource_type = segments
+        .first()
+        .filter(|t| is_type(t))
+        .map(|t| t.to_string());
+    let resource_id = match segments.as_slice() {
+        [t, id, ..] if is_type(t) && !id.starts_with('$') && !id.starts_with('_') => {
+            Some(id.to_string())
+        }
+        _ => None,
+    };
+    let address = request
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|v| v.trim().to_string());
+    let mut who = Who::default();
+    let response = authorize(&state, request, next, &segments, &mut who).await;
+    state.audit.record(crate::auth::audit::Record {
+        client_id: who.client_id,
+        patient: who.patient,
+        method,
+        target,
+        resource_type,
+        resource_id,
+        status: response.status().as_u16(),
+        address,
+    });
+    response
+}
+
+async fn authorize(
+    state: &AppState,
+    mut request: Request,
+    next: Next,
+    segments: &[&str],
+    who: &mut Who,
+) -> Response {
+    let need = needs(request.method(), segments);
     let token = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -197,6 +246,8 @@ pub async fn authenticate(
         Err(why) => return unauthorized(&format!("the access token is {why}")),
     };
     let principal = Principal::from_claims(&claims);
+    who.client_id = Some(principal.client_id.clone());
+    who.patient = principal.patient.clone();
     // A Bundle: each entry is checked as the request it stands for.
     if segments.is_empty() && request.method() == Method::POST {
         let limit = state.config.max_body_bytes;
@@ -217,9 +268,9 @@ pub async fn authenticate(
         return next.run(request).await;
     }
     let query = request.uri().query().unwrap_or_default().to_string();
-    if let Some(unmet) = refusal(&principal, need.clone(), &segments, &query) {
+    if let Some(unmet) = refusal(&principal, need.clone(), segments, &query) {
         // A patient/ token writing its patient's data (a home device posting readings).
-        if let Some(write) = compartment_write(&principal, &unmet, request.method(), &segments) {
+        if let Some(write) = compartment_write(&principal, &unmet, request.method(), segments) {
             let limit = state.config.max_body_bytes;
             let (parts, body) = request.into_parts();
             let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
@@ -230,7 +281,7 @@ pub async fn authenticate(
                 )
                 .into_response();
             };
-            if let Err(why) = write.check(&state, &bytes).await {
+            if let Err(why) = write.check(state, &bytes).await {
                 return FhirError::new(StatusCode::FORBIDDEN, IssueCode::Forbidden, why)
                     .into_response();
             }
@@ -240,11 +291,11 @@ pub async fn authenticate(
         }
         // A query-restricted scope (`system/Observation.rs?category=…`) may still grant it.
         match restricted(
-            &state,
+            state,
             &principal,
             &unmet,
             request.method(),
-            &segments,
+            segments,
             &query,
         )
         .await

@@ -1,6 +1,7 @@
 //! The FHIR REST API (axum). Handlers are registered through utoipa-axum's
 //! `OpenApiRouter`, so the OpenAPI document is generated from the same routes that serve.
 
+pub mod audit;
 pub mod auth;
 pub mod authenticate;
 pub mod bundle;
@@ -40,6 +41,7 @@ pub struct AppState {
     pub capability: Arc<Json>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub auth: Arc<crate::auth::token::TokenService>,
+    pub audit: crate::auth::audit::Auditor,
 }
 
 /// The FHIR routes with their OpenAPI description.
@@ -49,6 +51,8 @@ pub fn fhir_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(auth::token))
         .routes(routes!(auth::jwks))
         .routes(routes!(auth::smart_configuration))
+        .routes(routes!(audit::search, audit::refuse_write))
+        .routes(routes!(audit::read))
         .routes(routes!(bundle::batch_or_transaction, search::search_system))
         .routes(routes!(history::system_history))
         .routes(routes!(reindex::reindex_all))

@@ -131,10 +131,11 @@ impl ResourceScope {
     /// query restriction).
     pub fn covers(&self, resource_type: &str, permission: Permission) -> bool {
         self.permissions.contains(permission)
-            && self
-                .resource_type
-                .as_deref()
-                .is_none_or(|t| t == resource_type)
+            && match self.resource_type.as_deref() {
+                Some(t) => t == resource_type,
+                // The audit trail only with a scope that names it.
+                None => resource_type != "AuditEvent",
+            }
     }
 
     /// The part of `self` that `allowed` also grants, if any.
@@ -323,6 +324,10 @@ mod tests {
         };
         assert_eq!(write.to_string(), "system/*.cud");
         assert!(write.covers("Device", Permission::Delete));
+        assert!(
+            !write.covers("AuditEvent", Permission::Create),
+            "* leaves out the audit trail"
+        );
         assert_eq!(
             parse_scope("system/Observation.cruds").unwrap().to_string(),
             "system/Observation.cruds"

@@ -570,6 +570,12 @@ async fn fetch_jwks(policy: &OutboundPolicy, url: &str) -> Result<Json, String> 
         .map_err(|e| format!("not JSON: {}", e.without_url()))
 }
 
+/// The client an assertion claims to come from (unverified: for the audit trail of a
+/// request that succeeded, or to say who was refused).
+pub fn claimed_client(assertion: &str) -> Option<String> {
+    unverified_issuer(assertion).ok()
+}
+
 /// The `iss` of an assertion, read before it is verified (to find the client and its
 /// keys); trusted only once the signature checks.
 fn unverified_issuer(assertion: &str) -> Result<String, OAuthError> {

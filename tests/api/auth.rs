@@ -916,3 +916,140 @@ async fn patient_tokens_write_only_their_patients_data() {
         .unwrap();
     assert_eq!(response.status(), 403);
 }
+
+#[tokio::test]
+async fn every_interaction_and_token_request_is_audited_and_readable_only_with_an_audit_scope() {
+    let app = spawn_app().await;
+    let reader = token_for(&app, "system/Observation.rs").await;
+    let auditor_key = ec_key("a");
+    register(
+        &app,
+        "auditor",
+        &[&auditor_key],
+        "system/AuditEvent.rs",
+        None,
+    )
+    .await;
+    let (_, body, _) = request_token(
+        &app,
+        &assertion(
+            &auditor_key,
+            &claims("auditor", &app.root("/auth/token"), 60),
+        ),
+        "system/AuditEvent.rs",
+    )
+    .await;
+    let auditor = body["access_token"].as_str().unwrap().to_string();
+    let created = app.create(&heart_rate("Patient/p1", 70)).await;
+    let id = created["id"].as_str().unwrap();
+    let read = |token: &str, path: &str| {
+        app.client
+            .get(app.url(path))
+            .bearer_auth(token.to_string())
+            .send()
+    };
+    assert_eq!(
+        read(&reader, &format!("Observation/{id}"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(read(&reader, "Patient").await.unwrap().status(), 403);
+    assert_eq!(
+        app.client
+            .get(app.url("Observation"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    // A refused token request (a replay of nothing: an unknown client).
+    let stranger = ec_key("s");
+    request_token(
+        &app,
+        &assertion(&stranger, &claims("nobody", &app.root("/auth/token"), 60)),
+        "system/Observation.rs",
+    )
+    .await;
+
+    // Only a scope naming AuditEvent reads the trail; the default token (system/*.cruds) does not.
+    assert_eq!(app.get("AuditEvent").await.status(), 403);
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        let bundle =
+            json_with_status(read(&auditor, "AuditEvent?_count=1000").await.unwrap(), 200).await;
+        events = bundle["entry"].as_array().cloned().unwrap_or_default();
+        let has = |needle: &str| events.iter().any(|e| e.to_string().contains(needle));
+        if has("\"nobody\"") && events.len() >= 6 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let resources: Vec<&Value> = events.iter().map(|e| &e["resource"]).collect();
+    for event in &resources {
+        let errors: Vec<_> = fhirgate::fhir::validation::validate(event)
+            .into_iter()
+            .filter(|i| i.is_error())
+            .collect();
+        assert!(errors.is_empty(), "{event}: {errors:?}");
+    }
+    let find = |predicate: &dyn Fn(&Value) -> bool| resources.iter().any(|e| predicate(e));
+    assert!(
+        find(&|e| e["subtype"][0]["code"] == "create" && e["outcome"] == "0"),
+        "the create"
+    );
+    assert!(find(&|e| e["subtype"][0]["code"] == "read"
+        && e["entity"][0]["what"]["reference"]
+            == format!("Observation/{id}")));
+    assert!(
+        find(&|e| e["outcome"] == "4" && e["outcomeDesc"] == "HTTP 403"),
+        "the refusal"
+    );
+    assert!(
+        find(&|e| e["outcomeDesc"] == "HTTP 401"),
+        "the missing token"
+    );
+    assert!(
+        find(&|e| e["subtype"][0]["code"] == "110122"
+            && e["agent"][0]["who"]["identifier"]["value"] == "nobody"
+            && e["outcome"] == "4"),
+        "the refused token request"
+    );
+    assert!(
+        !resources.iter().any(|e| e.to_string().contains("eyJ")),
+        "no token is recorded"
+    );
+    let one = resources[0]["id"].as_str().unwrap();
+    assert_eq!(
+        read(&auditor, &format!("AuditEvent/{one}"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // Append-only: nobody writes to the trail.
+    let response = app
+        .client
+        .post(app.url("AuditEvent"))
+        .bearer_auth(&auditor)
+        .header("content-type", FHIR_JSON)
+        .body(resources[0].to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        matches!(response.status().as_u16(), 403 | 405),
+        "{}",
+        response.status()
+    );
+    let response = app
+        .client
+        .delete(app.url(&format!("AuditEvent/{one}")))
+        .bearer_auth(&auditor)
+        .send()
+        .await
+        .unwrap();
+    assert!(matches!(response.status().as_u16(), 403 | 405));
+}
