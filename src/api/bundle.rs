@@ -12,16 +12,19 @@ use std::collections::HashMap;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use sea_orm::ConnectionTrait;
+
 use serde_json::{json, Map, Value as Json};
 
+use super::extract::Caller;
 use super::extract::{BaseUrl, FhirJson, Prefer, ReturnPreference};
 use super::respond::fhir_json;
 use super::AppState;
+use crate::auth::scopes::Permission;
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::definitions::Definitions;
 use crate::fhir::outcome::{operation_outcome, Issue, IssueCode};
 use crate::fhir::resource::{is_valid_id, ValidResource};
+use crate::search::visibility::Sight;
 use crate::store::matching::find_matches;
 use crate::store::repository::{self, new_id, WriteResult};
 use crate::store::time::instant;
@@ -50,6 +53,7 @@ pub async fn batch_or_transaction(
     State(state): State<AppState>,
     headers: HeaderMap,
     base: BaseUrl,
+    caller: Caller,
     FhirJson(body): FhirJson,
 ) -> FhirResult<Response> {
     let kind = bundle_kind(&body)?;
@@ -74,7 +78,7 @@ pub async fn batch_or_transaction(
     let results = state
         .store
         .writer()
-        .write(move |txn| {
+        .write_as(caller.0, move |txn| {
             Box::pin(async move {
                 match kind {
                     Kind::Transaction => {
@@ -450,17 +454,19 @@ struct IdMap {
     by_full_url: HashMap<String, String>,
 }
 
-async fn assign_id(
-    conn: &impl ConnectionTrait,
-    entry: &mut Entry,
-    ids: &mut IdMap,
-) -> FhirResult<()> {
+async fn assign_id(conn: &WriteTxn<'_>, entry: &mut Entry, ids: &mut IdMap) -> FhirResult<()> {
     let resource_type = entry.target.resource_type().to_string();
     let id = match (&entry.verb, &entry.target) {
         (Verb::Post, _) => {
             let mut found = None;
             if let Some(criteria) = &entry.if_none_exist {
-                let matches = find_matches(conn, &resource_type, criteria).await?;
+                let matches = find_matches(
+                    conn,
+                    &resource_type,
+                    criteria,
+                    Sight::of(&conn.caller(), Permission::Search),
+                )
+                .await?;
                 match matches.as_slice() {
                     [] => {}
                     [one] => found = Some(one.id.clone()),
@@ -485,7 +491,13 @@ async fn assign_id(
             }
         }
         (Verb::Put, Target::Search(_, criteria)) => {
-            let matches = find_matches(conn, &resource_type, criteria).await?;
+            let matches = find_matches(
+                conn,
+                &resource_type,
+                criteria,
+                Sight::of(&conn.caller(), Permission::Search),
+            )
+            .await?;
             let id = match matches.as_slice() {
                 [] => entry
                     .resource
@@ -523,7 +535,7 @@ async fn assign_id(
 impl IdMap {
     /// Rewrites `urn:uuid:` references to other entries and conditional references
     /// (`Patient?identifier=…`) in the entry's resource.
-    async fn rewrite(&self, conn: &impl ConnectionTrait, entry: &mut Entry) -> FhirResult<()> {
+    async fn rewrite(&self, conn: &WriteTxn<'_>, entry: &mut Entry) -> FhirResult<()> {
         let Some(resource) = entry.resource.take() else {
             return Ok(());
         };
@@ -536,7 +548,13 @@ impl IdMap {
             if !Definitions::get().is_resource_type(resource_type) {
                 continue;
             }
-            let matches = find_matches(conn, resource_type, criteria).await?;
+            let matches = find_matches(
+                conn,
+                resource_type,
+                criteria,
+                Sight::of(&conn.caller(), Permission::Search),
+            )
+            .await?;
             match matches.as_slice() {
                 [one] => {
                     resolved.insert(reference.clone(), format!("{resource_type}/{}", one.id));
@@ -688,6 +706,7 @@ async fn run_entry(conn: &WriteTxn<'_>, entry: Entry, base: &BaseUrl) -> FhirRes
                 .map(EntryOutcome::Written)
         }
         (Verb::Get | Verb::Head, Target::Instance(t, id)) => {
+            check_sees(conn, &t, &id).await?;
             match versions::read_current(conn, &t, &id).await? {
                 None => Err(FhirError::not_found(format!(
                     "{t}/{id} is not known to this server"
@@ -697,6 +716,7 @@ async fn run_entry(conn: &WriteTxn<'_>, entry: Entry, base: &BaseUrl) -> FhirRes
             }
         }
         (Verb::Get | Verb::Head, Target::Version(t, id, v)) => {
+            check_sees(conn, &t, &id).await?;
             match versions::read_version(conn, &t, &id, v).await? {
                 None => Err(FhirError::not_found(format!("{t}/{id} has no version {v}"))),
                 Some(s) if s.deleted => Err(FhirError::gone(format!(
@@ -706,7 +726,13 @@ async fn run_entry(conn: &WriteTxn<'_>, entry: Entry, base: &BaseUrl) -> FhirRes
             }
         }
         (Verb::Get | Verb::Head, Target::Search(t, criteria)) => {
-            let matches = find_matches(conn, &t, &criteria).await?;
+            let matches = find_matches(
+                conn,
+                &t,
+                &criteria,
+                Sight::of(&conn.caller(), Permission::Search),
+            )
+            .await?;
             let mut found = Vec::new();
             for m in matches {
                 if let Some(stored) = versions::read_current(conn, &t, &m.id).await? {
@@ -731,6 +757,17 @@ async fn run_entry(conn: &WriteTxn<'_>, entry: Entry, base: &BaseUrl) -> FhirRes
             target.resource_type()
         ))),
     }
+}
+
+/// A read entry of a caller with limited access: the resource must be within it (judged
+/// by its current version).
+async fn check_sees(conn: &WriteTxn<'_>, resource_type: &str, id: &str) -> FhirResult<()> {
+    let caller = conn.caller();
+    let sight = Sight::of(&caller, Permission::Read);
+    if !sight.is_limited() || sight.sees(conn, resource_type, id).await? {
+        return Ok(());
+    }
+    Err(super::crud::outside_access(sight, resource_type, id))
 }
 
 fn response_entry(result: &EntryResult, prefer: ReturnPreference, base: &BaseUrl) -> Json {

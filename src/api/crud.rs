@@ -5,12 +5,15 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use super::extract::{if_match, if_none_match, BaseUrl, FhirJson, PatchBody, Prefer};
+use super::extract::{if_match, if_none_match, BaseUrl, Caller, FhirJson, PatchBody, Prefer};
 use super::respond::{fhir_json, version_headers, write_response};
 use super::summary::FormatParams;
 use super::{check_type, AppState};
+use crate::auth::scopes::Permission;
 use crate::error::{FhirError, FhirResult};
+use crate::fhir::outcome::IssueCode;
 use crate::fhir::resource::{check_id, ValidResource};
+use crate::search::visibility::Sight;
 use crate::store::repository;
 use crate::store::time::parse_http_date;
 use crate::store::{StoredResource, WriteTxn};
@@ -45,6 +48,7 @@ pub async fn create(
     Path(resource_type): Path<String>,
     headers: HeaderMap,
     base: BaseUrl,
+    caller: Caller,
     FhirJson(body): FhirJson,
 ) -> FhirResult<Response> {
     check_type(&resource_type)?;
@@ -53,7 +57,7 @@ pub async fn create(
         .get("if-none-exist")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    write_and_respond(&state, &headers, &base, move |txn| {
+    write_and_respond(&state, &headers, &base, caller, move |txn| {
         Box::pin(async move { repository::create(txn, resource, if_none_exist.as_deref()).await })
     })
     .await
@@ -83,10 +87,12 @@ pub async fn read(
     Path((resource_type, id)): Path<(String, String)>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
+    caller: Caller,
 ) -> FhirResult<Response> {
     check_type(&resource_type)?;
     check_id(&id)?;
     let format = FormatParams::parse(query.as_deref())?;
+    check_sees(&state, &caller, &resource_type, &id).await?;
     let stored = found(
         state.store.read(&resource_type, &id).await?,
         &resource_type,
@@ -118,10 +124,12 @@ pub async fn vread(
     State(state): State<AppState>,
     Path((resource_type, id, vid)): Path<(String, String, String)>,
     RawQuery(query): RawQuery,
+    caller: Caller,
 ) -> FhirResult<Response> {
     check_type(&resource_type)?;
     check_id(&id)?;
     let format = FormatParams::parse(query.as_deref())?;
+    check_sees(&state, &caller, &resource_type, &id).await?;
     let version: i64 = vid.parse().map_err(|_| {
         FhirError::not_found(format!(
             "{vid:?} is not a version of {resource_type}/{id}; versions are numbers"
@@ -168,13 +176,14 @@ pub async fn update(
     Path((resource_type, id)): Path<(String, String)>,
     headers: HeaderMap,
     base: BaseUrl,
+    caller: Caller,
     FhirJson(body): FhirJson,
 ) -> FhirResult<Response> {
     check_type(&resource_type)?;
     check_id(&id)?;
     let version = if_match(&headers)?;
     let resource = ValidResource::parse(body, Some(&resource_type))?;
-    write_and_respond(&state, &headers, &base, move |txn| {
+    write_and_respond(&state, &headers, &base, caller, move |txn| {
         Box::pin(async move { repository::update(txn, resource, &id, version).await })
     })
     .await
@@ -202,13 +211,14 @@ pub async fn conditional_update(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     base: BaseUrl,
+    caller: Caller,
     FhirJson(body): FhirJson,
 ) -> FhirResult<Response> {
     check_type(&resource_type)?;
     let criteria = required_criteria(query, "conditional update")?;
     let version = if_match(&headers)?;
     let resource = ValidResource::parse(body, Some(&resource_type))?;
-    write_and_respond(&state, &headers, &base, move |txn| {
+    write_and_respond(&state, &headers, &base, caller, move |txn| {
         Box::pin(
             async move { repository::conditional_update(txn, resource, &criteria, version).await },
         )
@@ -239,12 +249,13 @@ pub async fn patch(
     Path((resource_type, id)): Path<(String, String)>,
     headers: HeaderMap,
     base: BaseUrl,
+    caller: Caller,
     PatchBody(patch): PatchBody,
 ) -> FhirResult<Response> {
     check_type(&resource_type)?;
     check_id(&id)?;
     let version = if_match(&headers)?;
-    write_and_respond(&state, &headers, &base, move |txn| {
+    write_and_respond(&state, &headers, &base, caller, move |txn| {
         Box::pin(async move { repository::patch(txn, &resource_type, &id, &patch, version).await })
     })
     .await
@@ -268,6 +279,7 @@ pub async fn delete(
     State(state): State<AppState>,
     Path((resource_type, id)): Path<(String, String)>,
     headers: HeaderMap,
+    caller: Caller,
 ) -> FhirResult<Response> {
     check_type(&resource_type)?;
     check_id(&id)?;
@@ -275,7 +287,7 @@ pub async fn delete(
     let result = state
         .store
         .writer()
-        .write(move |txn| {
+        .write_as(caller.0, move |txn| {
             Box::pin(async move { repository::delete(txn, &resource_type, &id, version).await })
         })
         .await?;
@@ -298,13 +310,14 @@ pub async fn conditional_delete(
     State(state): State<AppState>,
     Path(resource_type): Path<String>,
     RawQuery(query): RawQuery,
+    caller: Caller,
 ) -> FhirResult<Response> {
     check_type(&resource_type)?;
     let criteria = required_criteria(query, "conditional delete")?;
     let result = state
         .store
         .writer()
-        .write(move |txn| {
+        .write_as(caller.0, move |txn| {
             Box::pin(
                 async move { repository::conditional_delete(txn, &resource_type, &criteria).await },
             )
@@ -313,11 +326,42 @@ pub async fn conditional_delete(
     Ok(delete_response(&result))
 }
 
+/// A caller with limited access reads a resource (or its versions) only when its current
+/// version is within that access; 403 otherwise, whether it exists or not.
+pub async fn check_sees(
+    state: &AppState,
+    caller: &Caller,
+    resource_type: &str,
+    id: &str,
+) -> FhirResult<()> {
+    let sight = caller.sight(Permission::Read);
+    if !sight.is_limited()
+        || sight
+            .sees(state.store.connection(), resource_type, id)
+            .await?
+    {
+        return Ok(());
+    }
+    Err(outside_access(sight, resource_type, id))
+}
+
+pub fn outside_access(sight: Sight<'_>, resource_type: &str, id: &str) -> FhirError {
+    FhirError::new(
+        StatusCode::FORBIDDEN,
+        IssueCode::Forbidden,
+        format!(
+            "{resource_type}/{id} is not within the token's access: {}",
+            sight.limits(resource_type)
+        ),
+    )
+}
+
 /// Runs a write on the group-commit writer and renders its result as `Prefer` asks.
 async fn write_and_respond<F>(
     state: &AppState,
     headers: &HeaderMap,
     base: &BaseUrl,
+    caller: Caller,
     work: F,
 ) -> FhirResult<Response>
 where
@@ -325,7 +369,7 @@ where
         + Send
         + 'static,
 {
-    let result = state.store.writer().write(work).await?;
+    let result = state.store.writer().write_as(caller.0, work).await?;
     Ok(write_response(
         &result,
         Prefer::from_headers(headers).return_,

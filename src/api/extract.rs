@@ -257,3 +257,43 @@ mod tests {
         assert!(p.strict);
     }
 }
+
+/// The caller's access to resources, as the authentication left it: `None` inside when
+/// authentication is off (everything is reachable).
+#[derive(Clone, Default)]
+pub struct Caller(pub Option<std::sync::Arc<dyn crate::search::visibility::Access>>);
+
+impl Caller {
+    /// What the caller reaches for `permission`.
+    pub fn sight(
+        &self,
+        permission: crate::auth::scopes::Permission,
+    ) -> crate::search::visibility::Sight<'_> {
+        crate::search::visibility::Sight::of(&self.0, permission)
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = FhirError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if state.config.auth != crate::config::AuthMode::Smart {
+            return Ok(Caller(None));
+        }
+        // With authentication on, a handler reached without a checked token reaches
+        // nothing (it should not happen: the authentication sets it for every route that
+        // reads data).
+        Ok(parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .unwrap_or_else(|| {
+                Caller(Some(std::sync::Arc::new(
+                    crate::search::visibility::NoAccess,
+                )))
+            }))
+    }
+}

@@ -7,15 +7,19 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{json, Value as Json};
 
-use super::extract::BaseUrl;
+use super::extract::{BaseUrl, Caller};
 use super::respond::fhir_json;
 use super::summary::FormatParams;
 use super::{check_type, AppState};
+use crate::auth::scopes::Permission;
 use crate::error::{FhirError, FhirResult};
+use crate::fhir::definitions::Definitions;
 use crate::fhir::resource::check_id;
+use crate::search::visibility::{Sight, Visible};
 use crate::store::time::{instant, parse_fhir_instant};
 use crate::store::versions::Method;
 use crate::store::{HistoryPage, HistoryScope};
+use sea_orm::Value;
 
 pub const DEFAULT_COUNT: u64 = 50;
 pub const MAX_COUNT: u64 = 1000;
@@ -36,9 +40,11 @@ pub async fn instance_history(
     Path((resource_type, id)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     base: BaseUrl,
+    caller: Caller,
 ) -> FhirResult<Response> {
     check_type(&resource_type)?;
     check_id(&id)?;
+    super::crud::check_sees(&state, &caller, &resource_type, &id).await?;
     if state.store.read(&resource_type, &id).await?.is_none() {
         return Err(FhirError::not_found(format!(
             "{resource_type}/{id} is not known to this server"
@@ -51,6 +57,7 @@ pub async fn instance_history(
         query,
         base,
         &path,
+        None,
     )
     .await
 }
@@ -66,10 +73,23 @@ pub async fn type_history(
     Path(resource_type): Path<String>,
     RawQuery(query): RawQuery,
     base: BaseUrl,
+    caller: Caller,
 ) -> FhirResult<Response> {
     check_type(&resource_type)?;
     let path = format!("{resource_type}/_history");
-    history(state, HistoryScope::Type(resource_type), query, base, &path).await
+    let visible = visible_versions(
+        caller.sight(Permission::Search),
+        std::slice::from_ref(&resource_type),
+    );
+    history(
+        state,
+        HistoryScope::Type(resource_type),
+        query,
+        base,
+        &path,
+        visible,
+    )
+    .await
 }
 
 /// History of the whole server.
@@ -82,8 +102,59 @@ pub async fn system_history(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
     base: BaseUrl,
+    caller: Caller,
 ) -> FhirResult<Response> {
-    history(state, HistoryScope::System, query, base, "_history").await
+    let sight = caller.sight(Permission::Search);
+    let visible = match sight.is_limited() {
+        true => visible_versions(sight, Definitions::get().resource_types()),
+        false => None,
+    };
+    history(
+        state,
+        HistoryScope::System,
+        query,
+        base,
+        "_history",
+        visible,
+    )
+    .await
+}
+
+/// The versions of `types` a caller with limited access sees, as a condition on
+/// `resource_versions` rows (`None`: all of them): every version of a type it sees in
+/// full (deletions too), and the versions of a resource it sees part of the type of when
+/// the current version is within its access (an old version is judged by the current
+/// one; a deleted resource of such a type is not shown).
+fn visible_versions(sight: Sight<'_>, types: &[String]) -> Option<(String, Vec<Value>)> {
+    if !sight.is_limited() {
+        return None;
+    }
+    let mut alternatives = Vec::new();
+    let mut values: Vec<Value> = Vec::new();
+    for resource_type in types {
+        match sight.visible(resource_type, 0) {
+            Visible::Nothing => {}
+            Visible::All => {
+                alternatives.push("resource_versions.resource_type = ?".to_string());
+                values.push(resource_type.as_str().into());
+            }
+            Visible::Where(condition) => {
+                alternatives.push(format!(
+                    "(resource_versions.resource_type = ? AND EXISTS (SELECT 1 FROM resources r \
+                     WHERE r.resource_type = resource_versions.resource_type \
+                     AND r.id = resource_versions.id AND r.deleted = ? AND {}))",
+                    condition.probe.as_deref().unwrap_or(&condition.sql)
+                ));
+                values.push(resource_type.as_str().into());
+                values.push(false.into());
+                values.extend(condition.values);
+            }
+        }
+    }
+    Some(match alternatives.is_empty() {
+        true => ("1 = 0".to_string(), values),
+        false => (format!("({})", alternatives.join(" OR ")), values),
+    })
 }
 
 /// The query parameters of a history interaction (documentation only).
@@ -157,12 +228,13 @@ async fn history(
     query: Option<String>,
     base: BaseUrl,
     path: &str,
+    visible: Option<(String, Vec<Value>)>,
 ) -> FhirResult<Response> {
     let params = parse_params(query.as_deref())?;
     let format = FormatParams::parse(query.as_deref())?;
     let page = state
         .store
-        .history(&scope, params.since, params.count, params.cursor)
+        .history(&scope, params.since, params.count, params.cursor, visible)
         .await?;
     Ok(fhir_json(
         StatusCode::OK,

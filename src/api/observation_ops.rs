@@ -28,18 +28,21 @@ use axum::response::Response;
 use sea_orm::{ConnectionTrait, Value};
 use serde_json::{json, Map, Value as Json};
 
-use super::extract::{check_json_content_type, parse_json, BaseUrl, Prefer};
+use super::extract::{check_json_content_type, parse_json, BaseUrl, Caller, Prefer};
 use super::respond::fhir_json;
 use super::summary::{FormatParams, Summary};
 use super::AppState;
+use crate::auth::scopes::Permission;
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::outcome::{operation_outcome, Issue, IssueCode};
 use crate::search::criteria::{
-    condition, conjunction, is_known, rows_of_type, split_unescaped, split_values,
+    condition, condition_seen, conjunction, is_known, rows_of_type, split_unescaped, split_values,
+    Condition, Selectivity,
 };
 use crate::search::extract::parse_date_range;
 use crate::search::include::fetch_current;
 use crate::search::observation_stats::{self, Outcome, Point, Sample, Statistic};
+use crate::search::visibility::{Sight, Visible};
 use crate::store::sql::statement;
 use crate::store::time::{instant, now_micros};
 use crate::store::versions::{stored_from_row, StoredResource};
@@ -329,9 +332,17 @@ pub async fn lastn(
     State(state): State<AppState>,
     headers: HeaderMap,
     base: BaseUrl,
+    caller: Caller,
     OperationInput(params): OperationInput,
 ) -> FhirResult<Response> {
-    run_lastn(&state, params, &headers, &base).await
+    run_lastn(
+        &state,
+        params,
+        &headers,
+        &base,
+        caller.sight(Permission::Search),
+    )
+    .await
 }
 
 /// `Observation/$lastn` with the parameters in a form body or a Parameters resource.
@@ -349,9 +360,17 @@ pub async fn lastn_post(
     State(state): State<AppState>,
     headers: HeaderMap,
     base: BaseUrl,
+    caller: Caller,
     OperationInput(params): OperationInput,
 ) -> FhirResult<Response> {
-    run_lastn(&state, params, &headers, &base).await
+    run_lastn(
+        &state,
+        params,
+        &headers,
+        &base,
+        caller.sight(Permission::Search),
+    )
+    .await
 }
 
 /// The key of a `$lastn` partition: subject and one coding (or the text of a text-only
@@ -558,6 +577,7 @@ async fn run_lastn(
     params: Vec<OpParam>,
     headers: &HeaderMap,
     base: &BaseUrl,
+    sight: Sight<'_>,
 ) -> FhirResult<Response> {
     let strict = Prefer::from_headers(headers).strict;
     let mut max: u64 = 1;
@@ -601,7 +621,7 @@ async fn run_lastn(
                 continue;
             }
             _ => {
-                conditions.extend(condition(OBSERVATION, &name, &text)?);
+                conditions.extend(condition_seen(OBSERVATION, &name, &text, sight)?);
                 if matches!(base_code, "patient" | "subject") {
                     has_subject = true;
                     single_subject = single_subject.or_else(|| one_subject(&name, &text));
@@ -627,6 +647,7 @@ async fn run_lastn(
     }
     let format = FormatParams::parse(Some(&query_string(&format_pairs)))?;
 
+    conditions.extend(visible_observations(sight));
     let conn = state.store.connection();
     let keyed = keyed_matches(conn, conditions, single_subject).await?;
 
@@ -797,9 +818,10 @@ async fn run_lastn(
 )]
 pub async fn stats(
     State(state): State<AppState>,
+    caller: Caller,
     OperationInput(params): OperationInput,
 ) -> FhirResult<Response> {
-    run_stats(&state, params).await
+    run_stats(&state, params, caller.sight(Permission::Search)).await
 }
 
 /// `Observation/$stats` with a Parameters resource (valueCoding, valuePeriod…) or a form.
@@ -814,9 +836,10 @@ pub async fn stats(
 )]
 pub async fn stats_post(
     State(state): State<AppState>,
+    caller: Caller,
     OperationInput(params): OperationInput,
 ) -> FhirResult<Response> {
-    run_stats(&state, params).await
+    run_stats(&state, params, caller.sight(Permission::Search)).await
 }
 
 /// A code asked for: `system|code`.
@@ -1227,7 +1250,24 @@ fn member_id(reference: &Json) -> Option<String> {
     (segments.next()? == OBSERVATION && !id.is_empty()).then(|| id.to_string())
 }
 
-async fn run_stats(state: &AppState, params: Vec<OpParam>) -> FhirResult<Response> {
+/// The condition selecting the Observations a caller with limited access sees.
+fn visible_observations(sight: Sight<'_>) -> Option<Condition> {
+    match sight.visible(OBSERVATION, 0) {
+        Visible::All => None,
+        Visible::Where(condition) => Some(condition),
+        Visible::Nothing => Some(Condition::plain(
+            "1 = 0".into(),
+            Vec::new(),
+            Selectivity::Filter,
+        )),
+    }
+}
+
+async fn run_stats(
+    state: &AppState,
+    params: Vec<OpParam>,
+    sight: Sight<'_>,
+) -> FhirResult<Response> {
     let request = stats_request(params)?;
     let conn = state.store.connection();
     let backend = conn.get_database_backend();
@@ -1243,8 +1283,9 @@ async fn run_stats(state: &AppState, params: Vec<OpParam>) -> FhirResult<Respons
         (subject_param.as_str(), subject_value.as_str()),
         ("status:not", "entered-in-error"),
     ] {
-        conditions.extend(condition(OBSERVATION, name, value)?);
+        conditions.extend(condition_seen(OBSERVATION, name, value, sight)?);
     }
+    conditions.extend(visible_observations(sight));
     let (filter_sql, filter_values) = conjunction(conditions);
     sql.push_str(&filter_sql);
     values.extend(filter_values);
@@ -1382,7 +1423,10 @@ async fn run_stats(state: &AppState, params: Vec<OpParam>) -> FhirResult<Respons
         );
         let mut values: Vec<Value> = vec![OBSERVATION.into(), false.into()];
         values.extend(chunk.iter().map(|id| Value::from(id.as_str())));
-        if let Some(condition) = condition(OBSERVATION, "status:not", "entered-in-error")? {
+        let checks = condition(OBSERVATION, "status:not", "entered-in-error")?
+            .into_iter()
+            .chain(visible_observations(sight));
+        for condition in checks {
             // Checked per row of the listed ids.
             sql.push_str(" AND ");
             sql.push_str(condition.probe.as_deref().unwrap_or(&condition.sql));

@@ -10,21 +10,24 @@ use axum::response::Response;
 use sea_orm::{ConnectionTrait, Value};
 use serde_json::{json, Value as Json};
 
+use super::extract::Caller;
 use super::extract::{BaseUrl, Prefer};
 use super::respond::fhir_json;
 use super::summary::{FormatParams, Summary};
 use super::{check_type, AppState};
+use crate::auth::scopes::Permission;
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::outcome::{operation_outcome, Issue, IssueCode};
 use crate::search::compartment::Compartments;
 use crate::search::criteria::{
-    condition, conjunction, is_known, rank_by_entries, rows_of_type, Condition, Selectivity,
+    condition_seen, conjunction, is_known, rank_by_entries, rows_of_type, Condition, Selectivity,
     RESULT_PARAMETERS,
 };
 use crate::search::include::{
     fetch_current, resolve as resolve_includes, IncludeSpec, MAX_INCLUDED,
 };
 use crate::search::sort::{page_query, parse_sort, Cursor, SortKey};
+use crate::search::visibility::{Sight, Visible};
 use crate::store::sql::statement;
 use crate::store::time::instant;
 
@@ -56,10 +59,20 @@ pub async fn search_get(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     base: BaseUrl,
+    caller: Caller,
 ) -> FhirResult<Response> {
     check_type(&resource_type)?;
     let scope = Scope::Type(resource_type);
-    search(&state, &scope, query.unwrap_or_default(), &headers, &base).await
+    let sight = caller.sight(Permission::Search);
+    search(
+        &state,
+        &scope,
+        query.unwrap_or_default(),
+        &headers,
+        &base,
+        sight,
+    )
+    .await
 }
 
 /// Search the resources in a compartment, e.g. every Observation of one patient.
@@ -82,6 +95,7 @@ pub async fn search_compartment(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     base: BaseUrl,
+    caller: Caller,
 ) -> FhirResult<Response> {
     check_type(&compartment)?;
     check_type(&resource_type)?;
@@ -91,7 +105,16 @@ pub async fn search_compartment(
         id,
         resource_type,
     };
-    search(&state, &scope, query.unwrap_or_default(), &headers, &base).await
+    let sight = caller.sight(Permission::Search);
+    search(
+        &state,
+        &scope,
+        query.unwrap_or_default(),
+        &headers,
+        &base,
+        sight,
+    )
+    .await
 }
 
 /// Search across resource types (`_type=Observation,Device`; all types when absent, with
@@ -113,6 +136,7 @@ pub async fn search_system(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     base: BaseUrl,
+    caller: Caller,
 ) -> FhirResult<Response> {
     let query = query.unwrap_or_default();
     let mut types = Vec::new();
@@ -130,7 +154,8 @@ pub async fn search_system(
             }
         }
     }
-    search(&state, &Scope::System(types), query, &headers, &base).await
+    let sight = caller.sight(Permission::Search);
+    search(&state, &Scope::System(types), query, &headers, &base, sight).await
 }
 
 /// Search with the parameters in a form body (for long queries).
@@ -147,6 +172,7 @@ pub async fn search_post(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     base: BaseUrl,
+    caller: Caller,
     body: Bytes,
 ) -> FhirResult<Response> {
     check_type(&resource_type)?;
@@ -168,7 +194,8 @@ pub async fn search_post(
         .collect::<Vec<_>>()
         .join("&");
     let scope = Scope::Type(resource_type);
-    search(&state, &scope, combined, &headers, &base).await
+    let sight = caller.sight(Permission::Search);
+    search(&state, &scope, combined, &headers, &base, sight).await
 }
 
 /// What a search runs over.
@@ -243,9 +270,14 @@ impl Scope {
 
 /// The condition of one parameter over every type of the scope: for several types, the
 /// resource must match as its own type.
-fn scope_condition(types: &[&str], name: &str, value: &str) -> FhirResult<Option<Condition>> {
+fn scope_condition(
+    types: &[&str],
+    name: &str,
+    value: &str,
+    sight: Sight<'_>,
+) -> FhirResult<Option<Condition>> {
     if let [only] = types {
-        return condition(only, name, value);
+        return condition_seen(only, name, value, sight);
     }
     let code = name.split([':', '.']).next().unwrap_or(name);
     if RESULT_PARAMETERS.contains(&code) {
@@ -257,14 +289,14 @@ fn scope_condition(types: &[&str], name: &str, value: &str) -> FhirResult<Option
         )));
     }
     if types.is_empty() {
-        return condition("Resource", name, value);
+        return condition_seen("Resource", name, value, sight);
     }
     let mut alternatives = Vec::new();
     let mut probes = Vec::new();
     let mut values = Vec::new();
     let mut selectivity = Selectivity::Single;
     for resource_type in types {
-        if let Some(inner) = condition(resource_type, name, value)? {
+        if let Some(inner) = condition_seen(resource_type, name, value, sight)? {
             alternatives.push(format!("(r.resource_type = ? AND {})", inner.sql));
             probes.push(format!(
                 "(r.resource_type = ? AND {})",
@@ -293,7 +325,34 @@ async fn search(
     query: String,
     headers: &HeaderMap,
     base: &BaseUrl,
+    sight: Sight<'_>,
 ) -> FhirResult<Response> {
+    // A caller limited to some types searches the types it can see; the conditions
+    // selecting what it sees of them are among the search's own.
+    let (visible_types, visible) = match scope {
+        Scope::System(types) => sight.over_types(types),
+        _ => {
+            let resource_type = scope.types()[0].to_string();
+            let visible = match sight.visible(&resource_type, 0) {
+                Visible::All => None,
+                Visible::Where(condition) => Some(condition),
+                Visible::Nothing => Some(Condition::plain(
+                    "1 = 0".into(),
+                    Vec::new(),
+                    Selectivity::Filter,
+                )),
+            };
+            (vec![resource_type], visible)
+        }
+    };
+    let limited_scope;
+    let scope = match scope {
+        Scope::System(types) if types.is_empty() && visible.is_some() => {
+            limited_scope = Scope::System(visible_types);
+            &limited_scope
+        }
+        _ => scope,
+    };
     let types = scope.types();
     // Messages and sort keys speak of the one type searched, or of resources in general.
     let resource_type = match types.as_slice() {
@@ -356,7 +415,7 @@ async fn search(
                 continue;
             }
             _ => {
-                if let Some(condition) = scope_condition(&types, &name, &value)? {
+                if let Some(condition) = scope_condition(&types, &name, &value, sight)? {
                     conditions.push(condition);
                 }
             }
@@ -374,6 +433,7 @@ async fn search(
     let want_total = total_wanted || format.summary == Summary::Count;
     let (scope_sql, scope_values, member) = scope.condition()?;
     conditions.extend(member);
+    conditions.extend(visible);
     rank_by_entries(conn, &mut conditions).await?;
     let (from_where, where_values) = match scope {
         Scope::System(_) => {
@@ -456,7 +516,7 @@ async fn search(
         let (included, truncated) = if includes.is_empty() {
             (Vec::new(), false)
         } else {
-            resolve_includes(conn, &includes, &keys).await?
+            resolve_includes(conn, &includes, &keys, sight).await?
         };
         if truncated {
             warnings.push(Issue::warning(

@@ -3,6 +3,9 @@
 
 use super::scopes::{parse_scope, Context, Permission, ResourceScope, Scope};
 use super::token::AccessClaims;
+use crate::search::compartment::Compartments;
+use crate::search::criteria::{condition_at, Condition};
+use crate::search::visibility::{Access, Visible};
 
 #[derive(Debug, Clone)]
 pub struct Principal {
@@ -31,10 +34,8 @@ impl Principal {
         }
     }
 
-    /// Whether some scope grants `permission` on every resource of `resource_type`.
-    ///
-    /// `patient/` scopes grant nothing here until compartments are enforced on results;
-    /// query-restricted scopes grant only what [`Principal::restrictions`] allows.
+    /// Whether some scope grants `permission` on every resource of `resource_type`
+    /// (neither a `patient/` scope nor a query-restricted one does).
     pub fn may(&self, resource_type: &str, permission: Permission) -> bool {
         self.scopes.iter().any(|s| {
             s.context != Context::Patient
@@ -43,35 +44,8 @@ impl Principal {
         })
     }
 
-    /// Whether a `patient/` scope (without a query restriction) grants `permission` on
-    /// `resource_type` within the token's patient compartment.
-    pub fn may_in_compartment(&self, resource_type: &str, permission: Permission) -> bool {
-        self.patient.is_some()
-            && self.scopes.iter().any(|s| {
-                s.context == Context::Patient
-                    && s.query.is_none()
-                    && s.covers(resource_type, permission)
-            })
-    }
-
-    /// The query restrictions under which `permission` on `resource_type` is granted when
-    /// no unrestricted scope grants it (`system/Observation.rs?category=…`); empty when
-    /// none does.
-    pub fn restrictions(&self, resource_type: &str, permission: Permission) -> Vec<String> {
-        let mut queries: Vec<String> = self
-            .scopes
-            .iter()
-            .filter(|s| s.context != Context::Patient && s.covers(resource_type, permission))
-            .filter_map(|s| s.query.clone())
-            .collect();
-        queries.sort();
-        queries.dedup();
-        queries
-    }
-
     /// Whether the scopes grant everything on every type (`system/*.cruds`): needed for
-    /// requests whose entries or results are not yet checked one by one (batch and
-    /// transaction Bundles, system-level search and history, `$reindex`).
+    /// `$reindex` and for nested Bundles.
     pub fn may_do_anything(&self) -> bool {
         [
             Permission::Create,
@@ -88,6 +62,113 @@ impl Principal {
                     && s.resource_type.is_none()
                     && s.permissions.contains(*p)
             })
+        })
+    }
+}
+
+impl Principal {
+    /// Whether some scope grants `permission` on at least part of `resource_type` (its
+    /// patient's compartment, or what a query restriction selects).
+    pub fn reaches(&self, resource_type: &str, permission: Permission) -> bool {
+        !matches!(self.visible(resource_type, permission, 0), Visible::Nothing)
+    }
+
+    /// The condition one scope puts on `resource_type` (`None` when it grants all of it),
+    /// or `Err(())` when the scope grants none of it.
+    fn scope_condition(
+        &self,
+        scope: &ResourceScope,
+        resource_type: &str,
+        depth: usize,
+    ) -> Result<Option<Condition>, ()> {
+        let mut parts: Vec<Condition> = Vec::new();
+        if scope.context == Context::Patient {
+            let patient = self.patient.as_deref().ok_or(())?;
+            let compartments = Compartments::get();
+            if resource_type != "Patient"
+                && compartments.params("Patient", resource_type).is_empty()
+            {
+                return Err(());
+            }
+            parts.push(
+                compartments
+                    .condition_at("Patient", patient, resource_type, depth)
+                    .map_err(|_| ())?,
+            );
+        }
+        if let Some(query) = &scope.query {
+            for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+                // A restriction the server cannot evaluate for this type grants nothing.
+                match condition_at(resource_type, &name, &value, depth) {
+                    Ok(Some(condition)) => parts.push(condition),
+                    Ok(None) => {}
+                    Err(_) => return Err(()),
+                }
+            }
+        }
+        Ok(parts
+            .into_iter()
+            .reduce(|all, next| all.combine(next, " AND ")))
+    }
+}
+
+impl Access for Principal {
+    fn visible(&self, resource_type: &str, permission: Permission, depth: usize) -> Visible {
+        let mut alternatives: Vec<Condition> = Vec::new();
+        for scope in self
+            .scopes
+            .iter()
+            .filter(|s| s.covers(resource_type, permission))
+        {
+            match self.scope_condition(scope, resource_type, depth) {
+                Ok(None) => return Visible::All,
+                Ok(Some(condition)) => alternatives.push(condition),
+                Err(()) => {}
+            }
+        }
+        match alternatives
+            .into_iter()
+            .reduce(|any, next| any.combine(next, " OR "))
+        {
+            Some(condition) => Visible::Where(condition),
+            None => Visible::Nothing,
+        }
+    }
+
+    fn limits(&self, resource_type: &str, permission: Permission) -> String {
+        let mut limits: Vec<String> = Vec::new();
+        for scope in self
+            .scopes
+            .iter()
+            .filter(|s| s.covers(resource_type, permission))
+        {
+            let mut parts = Vec::new();
+            if scope.context == Context::Patient {
+                if let Some(patient) = &self.patient {
+                    parts.push(format!("Patient/{patient}'s compartment"));
+                }
+            }
+            if let Some(query) = &scope.query {
+                parts.push(format!("resources matching {query}"));
+            }
+            if !parts.is_empty() {
+                limits.push(parts.join(" and "));
+            }
+        }
+        limits.sort();
+        limits.dedup();
+        match limits.is_empty() {
+            true => format!("no scope granting {permission:?} on {resource_type}"),
+            false => limits.join(" or "),
+        }
+    }
+
+    fn sees_everything(&self, permission: Permission) -> bool {
+        self.scopes.iter().any(|s| {
+            s.context != Context::Patient
+                && s.query.is_none()
+                && s.resource_type.is_none()
+                && s.permissions.contains(permission)
         })
     }
 }
@@ -122,12 +203,21 @@ mod tests {
         assert!(!principal.may("Patient", Permission::Read));
         let orphan = Principal::from_claims(&claims("patient/Observation.rs", None));
         assert!(!orphan.may("Observation", Permission::Read));
-        // Not yet: compartments are not enforced on results.
+        // A patient/ scope grants part of a type: its patient's compartment.
         let patient = Principal::from_claims(&claims("patient/*.read", Some("p1")));
         assert!(!patient.may("Encounter", Permission::Read));
+        assert!(patient.reaches("Encounter", Permission::Read));
+        assert!(!patient.reaches("Location", Permission::Read));
+        assert!(patient.reaches("Patient", Permission::Search));
+        assert!(matches!(
+            patient.visible("Observation", Permission::Search, 0),
+            Visible::Where(_)
+        ));
         let restricted =
             Principal::from_claims(&claims("system/Observation.rs?category=vital-signs", None));
         assert!(!restricted.may("Observation", Permission::Search));
+        assert!(restricted.reaches("Observation", Permission::Search));
+        assert!(!restricted.reaches("Observation", Permission::Create));
         assert!(Principal::from_claims(&claims("system/*.cruds", None)).may_do_anything());
         assert!(
             Principal::from_claims(&claims("system/*.rs system/*.cud", None)).may_do_anything()

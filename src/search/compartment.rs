@@ -100,6 +100,18 @@ impl Compartments {
         id: &str,
         resource_type: &str,
     ) -> FhirResult<Condition> {
+        self.condition_at(compartment_type, id, resource_type, 0)
+    }
+
+    /// [`Compartments::condition`] on the row at `depth` (`r1`, … in chains).
+    pub fn condition_at(
+        &self,
+        compartment_type: &str,
+        id: &str,
+        resource_type: &str,
+        depth: usize,
+    ) -> FhirResult<Condition> {
+        let owner = crate::search::criteria::owner_alias(depth);
         if !self.is_compartment(compartment_type) {
             return Err(FhirError::not_found(format!(
                 "{compartment_type} is not a compartment; compartments are {}",
@@ -111,20 +123,20 @@ impl Compartments {
         let mut probes = Vec::new();
         let mut values: Vec<Value> = Vec::new();
         if resource_type == compartment_type {
-            alternatives.push("r.id = ?".to_string());
-            probes.push("r.id = ?".to_string());
+            alternatives.push(format!("{owner}.id = ?"));
+            probes.push(format!("{owner}.id = ?"));
             values.push(id.into());
         }
         if !params.is_empty() {
             let params_sql = vec!["?"; params.len()].join(", ");
             alternatives.push(format!(
-                "r.id IN (SELECT c.resource_id FROM search_reference c WHERE c.resource_type = ? \
+                "{owner}.id IN (SELECT c.resource_id FROM search_reference c WHERE c.resource_type = ? \
                  AND c.param IN ({params_sql}) AND c.target_type = ? AND c.target_id = ?)"
             ));
             probes.push(format!(
                 "EXISTS (SELECT 1 FROM search_reference c WHERE c.resource_type = ? \
                  AND c.param IN ({params_sql}) AND c.target_type = ? AND c.target_id = ? \
-                 AND c.resource_id = r.id)"
+                 AND c.resource_id = {owner}.id)"
             ));
             values.push(resource_type.into());
             values.extend(params.iter().map(|p| Value::from(p.as_str())));

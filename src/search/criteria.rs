@@ -26,6 +26,7 @@ use sea_orm::Value;
 
 use super::extract::{normalize, parse_date_range};
 use super::params::{ParamType, SearchParamDef, SearchParams};
+use super::visibility::{Sight, Visible};
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::outcome::IssueCode;
 
@@ -88,7 +89,7 @@ impl Condition {
     }
 
     /// Two conditions joined by ` OR ` or ` AND ` (both forms alike).
-    fn combine(self, other: Condition, joiner: &str) -> Condition {
+    pub fn combine(self, other: Condition, joiner: &str) -> Condition {
         let probe = match (&self.probe, &other.probe) {
             (None, None) => None,
             _ => Some(format!(
@@ -284,7 +285,28 @@ pub fn is_known(resource_type: &str, name: &str) -> bool {
 
 /// The condition for one query parameter, or `None` for a result parameter.
 pub fn condition(resource_type: &str, name: &str, value: &str) -> FhirResult<Option<Condition>> {
-    condition_on(resource_type, name, value, 0)
+    condition_on(resource_type, name, value, 0, Sight::ALL)
+}
+
+/// [`condition`] as seen by a caller: the resources its chains and `_has` look at must be
+/// visible to it, or a match would reveal what it cannot see.
+pub fn condition_seen(
+    resource_type: &str,
+    name: &str,
+    value: &str,
+    sight: Sight<'_>,
+) -> FhirResult<Option<Condition>> {
+    condition_on(resource_type, name, value, 0, sight)
+}
+
+/// [`condition`] on the row at `depth` (`r1`, `r2`, …), for conditions nested in chains.
+pub fn condition_at(
+    resource_type: &str,
+    name: &str,
+    value: &str,
+    depth: usize,
+) -> FhirResult<Option<Condition>> {
+    condition_on(resource_type, name, value, depth, Sight::ALL)
 }
 
 /// The official Observation `combo-X` parameter, which is exactly `X` or `component-X`,
@@ -305,6 +327,7 @@ fn combo_condition(
     name: &str,
     value: &str,
     depth: usize,
+    sight: Sight<'_>,
 ) -> FhirResult<Option<Condition>> {
     let (code, modifier) = match name.split_once(':') {
         Some((code, modifier)) => (code, Some(modifier)),
@@ -318,12 +341,13 @@ fn combo_condition(
         Some(m) => format!("{c}:{m}"),
         None => c.to_string(),
     };
-    let own = condition_on(resource_type, &with_modifier(base), value, depth)?;
+    let own = condition_on(resource_type, &with_modifier(base), value, depth, sight)?;
     let component = condition_on(
         resource_type,
         &with_modifier(&format!("component-{base}")),
         value,
         depth,
+        sight,
     )?;
     let (Some(own), Some(component)) = (own, component) else {
         return Ok(None);
@@ -337,7 +361,7 @@ fn combo_condition(
 const MAX_DEPTH: usize = 4;
 
 /// The alias of the `resources` row a condition at `depth` applies to (`r` at the top).
-fn owner_alias(depth: usize) -> String {
+pub fn owner_alias(depth: usize) -> String {
     if depth == 0 {
         "r".to_string()
     } else {
@@ -351,6 +375,7 @@ fn condition_on(
     name: &str,
     value: &str,
     depth: usize,
+    sight: Sight<'_>,
 ) -> FhirResult<Option<Condition>> {
     if depth > MAX_DEPTH {
         return Err(FhirError::bad_request(format!(
@@ -358,12 +383,12 @@ fn condition_on(
         )));
     }
     if let Some(rest) = name.strip_prefix("_has:") {
-        return has_condition(resource_type, rest, value, depth).map(Some);
+        return has_condition(resource_type, rest, value, depth, sight).map(Some);
     }
     if let Some((reference, chained)) = name.split_once('.') {
-        return chain_condition(resource_type, reference, chained, value, depth).map(Some);
+        return chain_condition(resource_type, reference, chained, value, depth, sight).map(Some);
     }
-    if let Some(combo) = combo_condition(resource_type, name, value, depth)? {
+    if let Some(combo) = combo_condition(resource_type, name, value, depth, sight)? {
         return Ok(Some(combo));
     }
     let owner = owner_alias(depth);
@@ -1076,6 +1101,7 @@ fn chain_condition(
     chained: &str,
     value: &str,
     depth: usize,
+    sight: Sight<'_>,
 ) -> FhirResult<Condition> {
     let (code, type_modifier) = match reference.split_once(':') {
         Some((code, modifier)) => (code, Some(modifier)),
@@ -1106,10 +1132,26 @@ fn chain_condition(
     let mut values: Vec<Value> = vec![resource_type.into(), code.into()];
     let mut last_error = None;
     let mut probes = Vec::new();
+    // Some target is one the caller cannot see.
+    let mut hidden = false;
     for target_type in &targets {
         // Targets without the chained parameter cannot match; skip them.
-        match condition_on(target_type, chained, value, depth + 1) {
+        // A target the caller cannot see never matches; one it sees in part only matches
+        // where it sees it.
+        let visible = match sight.visible(target_type, depth + 1) {
+            Visible::Nothing => {
+                hidden = true;
+                continue;
+            }
+            Visible::All => None,
+            Visible::Where(visible) => Some(visible),
+        };
+        match condition_on(target_type, chained, value, depth + 1, sight) {
             Ok(Some(inner)) => {
+                let inner = match visible {
+                    Some(visible) => inner.combine(visible, " AND "),
+                    None => inner,
+                };
                 // Standalone: the matching targets are found first, from their index.
                 alternatives.push(format!(
                     "(f{depth}.target_type = ? AND f{depth}.target_id IN (SELECT {target}.id \
@@ -1132,6 +1174,14 @@ fn chain_condition(
             Ok(None) => {}
             Err(err) => last_error = Some(err),
         }
+    }
+    if alternatives.is_empty() && last_error.is_none() && hidden {
+        // Only targets the caller cannot see: nothing matches, as if none existed.
+        return Ok(Condition::plain(
+            "1 = 0".into(),
+            Vec::new(),
+            Selectivity::Filter,
+        ));
     }
     if alternatives.is_empty() {
         return Err(last_error.unwrap_or_else(|| {
@@ -1165,6 +1215,7 @@ fn has_condition(
     rest: &str,
     value: &str,
     depth: usize,
+    sight: Sight<'_>,
 ) -> FhirResult<Condition> {
     let mut parts = rest.splitn(3, ':');
     let (Some(source_type), Some(reference), Some(inner_name)) =
@@ -1187,11 +1238,18 @@ fn has_condition(
             "_has:{rest}: {reference:?} is not a reference search parameter of {source_type}"
         )));
     }
-    let inner = condition_on(source_type, inner_name, value, depth + 1)?.ok_or_else(|| {
-        FhirError::bad_request(format!(
-            "_has:{rest}: {inner_name} does not select resources"
-        ))
-    })?;
+    let inner =
+        condition_on(source_type, inner_name, value, depth + 1, sight)?.ok_or_else(|| {
+            FhirError::bad_request(format!(
+                "_has:{rest}: {inner_name} does not select resources"
+            ))
+        })?;
+    // Only sources the caller can see count (else a match would reveal one it cannot).
+    let inner = match sight.visible(source_type, depth + 1) {
+        Visible::All => inner,
+        Visible::Where(visible) => inner.combine(visible, " AND "),
+        Visible::Nothing => Condition::plain("1 = 0".into(), Vec::new(), Selectivity::Filter),
+    };
     let owner = owner_alias(depth);
     let source = owner_alias(depth + 1);
     let mut values: Vec<Value> = vec![

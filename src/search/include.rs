@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 
+use super::visibility::Sight;
 use sea_orm::{ConnectionTrait, Value};
 
 use super::params::{ParamType, SearchParams};
@@ -100,6 +101,7 @@ pub async fn resolve(
     conn: &impl ConnectionTrait,
     specs: &[IncludeSpec],
     matches: &[(String, String)],
+    sight: Sight<'_>,
 ) -> FhirResult<(Vec<StoredResource>, bool)> {
     let mut seen: HashSet<(String, String)> = matches.iter().cloned().collect();
     let mut frontier: Vec<(String, String)> = matches.to_vec();
@@ -124,7 +126,8 @@ pub async fn resolve(
         }
         let truncated = included.len() + found.len() > MAX_INCLUDED;
         found.truncate(MAX_INCLUDED.saturating_sub(included.len()));
-        let resources = fetch_current(conn, &found).await?;
+        // What the caller cannot see is left out (and not followed further).
+        let resources = fetch_visible(conn, &found, sight).await?;
         frontier = resources
             .iter()
             .map(|r| (r.resource_type.clone(), r.id.clone()))
@@ -209,17 +212,31 @@ pub async fn fetch_current(
     conn: &impl ConnectionTrait,
     keys: &[(String, String)],
 ) -> FhirResult<Vec<StoredResource>> {
+    fetch_visible(conn, keys, Sight::ALL).await
+}
+
+/// [`fetch_current`], keeping only what `sight` sees.
+pub async fn fetch_visible(
+    conn: &impl ConnectionTrait,
+    keys: &[(String, String)],
+    sight: Sight<'_>,
+) -> FhirResult<Vec<StoredResource>> {
     let backend = conn.get_database_backend();
     let mut resources = Vec::with_capacity(keys.len());
     for (resource_type, ids) in by_type(keys) {
+        let Some((filter, filter_values)) = sight.filter(&resource_type) else {
+            continue;
+        };
         for chunk in ids.chunks(IDS_PER_QUERY) {
             let sql = format!(
-                "SELECT resource_type, id, version_id, last_updated, deleted, content \
-                 FROM resources WHERE resource_type = ? AND deleted = ? AND id IN ({})",
+                "SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, \
+                 r.content FROM resources r WHERE r.resource_type = ? AND r.deleted = ? \
+                 AND r.id IN ({}){filter}",
                 placeholders(chunk.len())
             );
             let mut values: Vec<Value> = vec![resource_type.as_str().into(), false.into()];
             values.extend(chunk.iter().map(|id| Value::from(id.as_str())));
+            values.extend(filter_values.iter().cloned());
             for row in conn.query_all_raw(statement(backend, &sql, values)).await? {
                 resources.push(stored_from_row(backend, &row)?);
             }

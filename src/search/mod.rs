@@ -7,6 +7,7 @@ pub mod include;
 pub mod observation_stats;
 pub mod params;
 pub mod sort;
+pub mod visibility;
 
 #[cfg(test)]
 mod plan_tests;

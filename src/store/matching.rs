@@ -5,7 +5,8 @@ use sea_orm::ConnectionTrait;
 
 use super::sql::statement;
 use crate::error::{FhirError, FhirResult};
-use crate::search::criteria::{condition, conjunction};
+use crate::search::criteria::{condition_seen, conjunction};
+use crate::search::visibility::{Sight, Visible};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Match {
@@ -16,10 +17,13 @@ pub struct Match {
 /// The current, non-deleted resources of `resource_type` matching `criteria`, a search
 /// query string such as `identifier=http://acme.org/mrn|123` (a leading `?` or
 /// `Type?` is allowed).
+/// Only what `sight` sees is found: a caller with limited access matches (and so creates,
+/// updates or deletes conditionally) as if it ran the search itself.
 pub async fn find_matches(
     conn: &impl ConnectionTrait,
     resource_type: &str,
     criteria: &str,
+    sight: Sight<'_>,
 ) -> FhirResult<Vec<Match>> {
     let query = criteria.split_once('?').map(|(_, q)| q).unwrap_or(criteria);
     let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
@@ -37,7 +41,12 @@ pub async fn find_matches(
     let mut values: Vec<sea_orm::Value> = vec![resource_type.into(), false.into()];
     let mut conditions = Vec::new();
     for (name, value) in &params {
-        conditions.extend(condition(resource_type, name, value)?);
+        conditions.extend(condition_seen(resource_type, name, value, sight)?);
+    }
+    match sight.visible(resource_type, 0) {
+        Visible::All => {}
+        Visible::Where(visible) => conditions.push(visible),
+        Visible::Nothing => return Ok(Vec::new()),
     }
     let (filter_sql, filter_values) = conjunction(conditions);
     sql.push_str(&filter_sql);

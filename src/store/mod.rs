@@ -98,7 +98,8 @@ impl Store {
         since: Option<i64>,
         count: u64,
         before_seq: Option<i64>,
+        visible: Option<(String, Vec<sea_orm::Value>)>,
     ) -> FhirResult<HistoryPage> {
-        versions::history(&self.db, scope, since, count, before_seq).await
+        versions::history(&self.db, scope, since, count, before_seq, visible).await
     }
 }

@@ -9,9 +9,11 @@ use super::matching::{find_matches, Match};
 use super::time::now_micros;
 use super::versions::{self, current_version, write_version, Method, StoredResource};
 use super::write_txn::WriteTxn;
+use crate::auth::scopes::Permission;
 use crate::error::{FhirError, FhirResult};
 use crate::fhir::outcome::IssueCode;
 use crate::fhir::resource::ValidResource;
+use crate::search::visibility::Sight;
 
 /// What a write did, for the status code and headers of the response.
 #[derive(Debug, Clone)]
@@ -46,7 +48,13 @@ pub async fn create(
 ) -> FhirResult<WriteResult> {
     let resource_type = resource.resource_type().to_string();
     if let Some(criteria) = if_none_exist {
-        let matches = find_matches(conn, &resource_type, criteria).await?;
+        let matches = find_matches(
+            conn,
+            &resource_type,
+            criteria,
+            Sight::of(&conn.caller(), Permission::Search),
+        )
+        .await?;
         match matches.as_slice() {
             [] => {}
             [one] => {
@@ -176,7 +184,13 @@ pub async fn conditional_update(
     if_match: Option<i64>,
 ) -> FhirResult<WriteResult> {
     let resource_type = resource.resource_type().to_string();
-    let matches = find_matches(conn, &resource_type, criteria).await?;
+    let matches = find_matches(
+        conn,
+        &resource_type,
+        criteria,
+        Sight::of(&conn.caller(), Permission::Search),
+    )
+    .await?;
     match matches.as_slice() {
         [] => match resource.id().map(str::to_string) {
             // No match and a client id: update-as-create with that id.
@@ -304,7 +318,13 @@ pub async fn conditional_delete(
     resource_type: &str,
     criteria: &str,
 ) -> FhirResult<WriteResult> {
-    let matches = find_matches(conn, resource_type, criteria).await?;
+    let matches = find_matches(
+        conn,
+        resource_type,
+        criteria,
+        Sight::of(&conn.caller(), Permission::Search),
+    )
+    .await?;
     match matches.as_slice() {
         [] => Ok(WriteResult {
             status: StatusCode::NO_CONTENT,

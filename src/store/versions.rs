@@ -6,8 +6,12 @@ use serde_json::Value as Json;
 use super::sql::{json_value, statement};
 use super::time::instant;
 use super::write_txn::{Table, WriteTxn};
+use crate::auth::scopes::Permission;
 use crate::error::{FhirError, FhirResult};
+use crate::fhir::outcome::IssueCode;
+use crate::search::visibility::{Access, Sight, Visible};
 use crate::subscriptions::topics::Interaction;
+use axum::http::StatusCode;
 
 /// One stored version of a resource.
 #[derive(Debug, Clone)]
@@ -189,6 +193,10 @@ pub async fn write_version(
 ) -> FhirResult<StoredResource> {
     let backend = conn.get_database_backend();
     let version_id = previous.unwrap_or(0) + 1;
+    let caller = conn.caller();
+    if let (Some(access), Some(_)) = (&caller, previous) {
+        check_replaced(conn, access.as_ref(), resource_type, id, content.is_none()).await?;
+    }
     let signing_secret = match (resource_type, content.as_mut()) {
         ("Subscription", Some(resource)) => {
             crate::subscriptions::outbox::prepare_subscription(conn, resource)?
@@ -255,6 +263,9 @@ pub async fn write_version(
         previous.is_some(),
     )
     .await?;
+    if let (Some(access), Some(_)) = (&caller, &content) {
+        check_written(conn, access.as_ref(), resource_type, id, previous.is_some()).await?;
+    }
     if resource_type == "Subscription" {
         crate::subscriptions::outbox::subscription_written(
             conn,
@@ -299,16 +310,89 @@ pub async fn write_version(
     })
 }
 
+/// A caller with limited access changes only what it may: the current version of an
+/// update or delete must be within its access for that change.
+async fn check_replaced(
+    conn: &WriteTxn<'_>,
+    access: &dyn Access,
+    resource_type: &str,
+    id: &str,
+    deleting: bool,
+) -> FhirResult<()> {
+    let permission = match deleting {
+        true => Permission::Delete,
+        false => Permission::Update,
+    };
+    let sight = Sight::new(Some(access), permission);
+    if !sight.is_limited() || sight.sees(conn, resource_type, id).await? {
+        return Ok(());
+    }
+    // A deleted resource has no content to judge by; re-creating it is judged by what is
+    // written.
+    if matches!(
+        current_version(conn, resource_type, id).await?,
+        Some((_, true)) | None
+    ) {
+        return Ok(());
+    }
+    Err(FhirError::new(
+        StatusCode::FORBIDDEN,
+        IssueCode::Forbidden,
+        format!(
+            "{resource_type}/{id} is outside what the token may {}: {}",
+            if deleting { "delete" } else { "change" },
+            sight.limits(resource_type)
+        ),
+    ))
+}
+
+/// ... and the version it stores must be within its access too (a `patient/` token writes
+/// only its patient's data).
+async fn check_written(
+    conn: &WriteTxn<'_>,
+    access: &dyn Access,
+    resource_type: &str,
+    id: &str,
+    replaced: bool,
+) -> FhirResult<()> {
+    let permission = match replaced {
+        true => Permission::Update,
+        false => Permission::Create,
+    };
+    let sight = Sight::new(Some(access), permission);
+    if !sight.is_limited() || sight.sees(conn, resource_type, id).await? {
+        return Ok(());
+    }
+    let why = match sight.visible(resource_type, 0) {
+        Visible::Nothing => format!("the token's scopes do not grant writing {resource_type}"),
+        _ => format!(
+            "the {resource_type} would be outside what the token may write: {} (a patient/ \
+             token writes only its patient's data, e.g. with subject referring to its patient)",
+            sight.limits(resource_type)
+        ),
+    };
+    Err(FhirError::new(
+        StatusCode::FORBIDDEN,
+        IssueCode::Forbidden,
+        why,
+    ))
+}
+
 pub async fn history(
     conn: &impl ConnectionTrait,
     scope: &HistoryScope,
     since: Option<i64>,
     count: u64,
     before_seq: Option<i64>,
+    visible: Option<(String, Vec<Value>)>,
 ) -> FhirResult<HistoryPage> {
     let backend = conn.get_database_backend();
     let mut conditions: Vec<&str> = Vec::new();
     let mut values: Vec<Value> = Vec::new();
+    if let Some((sql, visible_values)) = &visible {
+        conditions.push(sql);
+        values.extend(visible_values.iter().cloned());
+    }
     match scope {
         HistoryScope::System => {}
         HistoryScope::Type(resource_type) => {

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 
 use super::sql::statement;
+use crate::search::visibility::Access;
 use crate::subscriptions::registry::Registry;
 
 /// A table receiving deferred rows, with its columns in bind order and their PostgreSQL
@@ -40,6 +41,9 @@ pub struct WriteTxn<'a> {
     state: Mutex<State>,
     /// The live subscriptions writes are matched against (none for maintenance work).
     subscriptions: Option<Arc<Registry>>,
+    /// The access of the caller whose job is running (`None`: unlimited), checked on every
+    /// version written (see [`super::versions::write_version`]).
+    caller: std::sync::Mutex<Option<Arc<dyn Access>>>,
 }
 
 #[derive(Default)]
@@ -67,6 +71,19 @@ impl<'a> WriteTxn<'a> {
             txn,
             state: Mutex::new(State::default()),
             subscriptions,
+            caller: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The access of the caller of the running job (`None`: unlimited).
+    pub fn caller(&self) -> Option<Arc<dyn Access>> {
+        self.caller.lock().ok().and_then(|caller| caller.clone())
+    }
+
+    /// Sets the caller of the job about to run.
+    pub fn set_caller(&self, access: Option<Arc<dyn Access>>) {
+        if let Ok(mut caller) = self.caller.lock() {
+            *caller = access;
         }
     }
 

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::write_txn::WriteTxn;
 use crate::error::{FhirError, FhirResult};
+use crate::search::visibility::Access;
 use crate::subscriptions::registry::Registry;
 
 /// Most jobs packed into one commit; bounds the latency one commit adds to its jobs.
@@ -103,13 +104,26 @@ impl Writer {
         T: Send + 'static,
         F: for<'a> FnOnce(&'a WriteTxn<'a>) -> BoxFuture<'a, FhirResult<T>> + Send + 'static,
     {
+        self.write_as(None, work).await
+    }
+
+    /// [`Writer::write`] on behalf of a caller with limited access: every version the job
+    /// writes must be one the caller may change, before and after (see
+    /// [`super::versions::write_version`]), or the job fails with 403.
+    pub async fn write_as<T, F>(&self, caller: Option<Arc<dyn Access>>, work: F) -> FhirResult<T>
+    where
+        T: Send + 'static,
+        F: for<'a> FnOnce(&'a WriteTxn<'a>) -> BoxFuture<'a, FhirResult<T>> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel::<FhirResult<T>>();
         let job: Job = Box::new(move |txn| {
             Box::pin(async move {
+                txn.set_caller(caller);
                 let result = AssertUnwindSafe(work(txn))
                     .catch_unwind()
                     .await
                     .unwrap_or_else(|_| Err(FhirError::internal("a write job panicked")));
+                txn.set_caller(None);
                 let ok = result.is_ok();
                 let finish: Finish = Box::new(move |committed: FhirResult<()>| {
                     let _ = reply.send(committed.and(result));

@@ -468,7 +468,6 @@ async fn with_auth_on_requests_need_a_token_whose_scopes_cover_them() {
             403,
         ),
         (reqwest::Method::GET, "Patient".to_string(), &reader, 403),
-        (reqwest::Method::GET, "_history".to_string(), &reader, 403),
         (reqwest::Method::GET, "_history".to_string(), &writer, 200),
     ] {
         let response = app
@@ -485,24 +484,64 @@ async fn with_auth_on_requests_need_a_token_whose_scopes_cover_them() {
             assert!(outcome_text(&body).contains("do not grant"), "{body}");
         }
     }
-    // Includes, chains and _has reach other types: their scopes are needed too.
+    // What a search reaches of other types (includes, chains, _has, system history) is
+    // limited to what the scopes grant: silently left out, never a leak.
+    let mut p1 = patient("MRN-p1");
+    p1["id"] = json!("p1");
+    let put = app
+        .client
+        .put(app.url("Patient/p1"))
+        .bearer_auth(&writer)
+        .header("content-type", FHIR_JSON)
+        .body(p1.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
     let both = token_for(&app, "system/Observation.rs system/Patient.rs").await;
-    for (path, token, status) in [
+    for (path, token, status, types) in [
         (
             "Observation?_include=Observation:subject:Patient",
             &reader,
-            403,
+            200,
+            vec!["Observation"],
         ),
-        ("Observation?subject:Patient.name=Chalmers", &reader, 403),
-        ("Patient?_has:Observation:patient:code=8867-4", &reader, 403),
-        ("Observation?_include=*", &both, 403),
+        ("Observation?_include=*", &reader, 200, vec!["Observation"]),
+        // Patient/p1 is a Chalmers, but the reader cannot see Patients: no match.
+        (
+            "Observation?subject:Patient.name=Chalmers",
+            &reader,
+            200,
+            vec![],
+        ),
+        (
+            "Patient?_has:Observation:patient:code=8867-4",
+            &reader,
+            403,
+            vec![],
+        ),
+        ("_history", &reader, 200, vec!["Observation"]),
+        ("?_id=p1", &reader, 200, vec![]),
         (
             "Observation?_include=Observation:subject:Patient",
             &both,
             200,
+            vec!["Observation", "Patient"],
         ),
-        ("Observation?subject:Patient.name=Chalmers", &both, 200),
-        ("Patient?_has:Observation:patient:code=8867-4", &both, 200),
+        (
+            "Observation?subject:Patient.name=Chalmers",
+            &both,
+            200,
+            vec!["Observation"],
+        ),
+        (
+            "Patient?_has:Observation:patient:code=8867-4",
+            &both,
+            200,
+            vec!["Patient"],
+        ),
+        ("?_id=p1", &both, 200, vec!["Patient"]),
+        ("_history", &both, 200, vec!["Observation", "Patient"]),
     ] {
         let response = app
             .client
@@ -514,6 +553,21 @@ async fn with_auth_on_requests_need_a_token_whose_scopes_cover_them() {
         let got = response.status().as_u16();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         assert_eq!(got, status, "{path}: {body}");
+        if status == 200 {
+            let mut seen: Vec<&str> = body["entry"]
+                .as_array()
+                .map(|entries| {
+                    entries
+                        .iter()
+                        .filter_map(|e| e["resource"]["resourceType"].as_str())
+                        .filter(|t| *t != "OperationOutcome")
+                        .collect()
+                })
+                .unwrap_or_default();
+            seen.sort();
+            seen.dedup();
+            assert_eq!(seen, types, "{path}: {body}");
+        }
     }
     // A Bundle: each entry is checked as the request it stands for.
     let reads = json!({"resourceType": "Bundle", "type": "batch", "entry": [
@@ -557,7 +611,6 @@ async fn with_auth_on_requests_need_a_token_whose_scopes_cover_them() {
     for (path, status) in [
         ("?_type=Observation", 200),
         ("?_type=Observation,Patient", 403),
-        ("?_id=x", 403),
     ] {
         let response = app
             .client
@@ -704,10 +757,21 @@ async fn query_restricted_scopes_see_only_what_matches_the_restriction() {
     );
     let (status, body) = get(format!("Observation/{}", lab["id"].as_str().unwrap())).await;
     assert_eq!(status, 403);
-    assert!(outcome_text(&body).contains("restriction"), "{body}");
+    assert!(outcome_text(&body).contains("category="), "{body}");
+    // Nothing of a type without a scope is included.
     let (status, body) = get("Observation?_revinclude=Provenance:target".into()).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["entry"].as_array().map(Vec::len), Some(1), "{body}");
+    // History shows the versions of what the restriction selects.
+    let (status, body) = get("Observation/_history".into()).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["entry"].as_array().map(Vec::len), Some(1), "{body}");
+    let (status, _) = get(format!(
+        "Observation/{}/_history",
+        lab["id"].as_str().unwrap()
+    ))
+    .await;
     assert_eq!(status, 403);
-    assert!(outcome_text(&body).contains("_include"), "{body}");
     // Writes are not granted by a read scope, restricted or not.
     let response = app
         .client
@@ -795,19 +859,20 @@ async fn patient_tokens_reach_only_their_patients_compartment() {
     );
     assert_eq!(get("Patient/p-42".into()).await.0, 200);
     assert_eq!(get("Patient/p-7".into()).await.0, 403);
-    assert_eq!(get("Patient/p-7/Observation".into()).await.0, 403);
+    // Another patient's compartment: only what is in both (nothing here).
+    let (status, bundle) = get("Patient/p-7/Observation".into()).await;
+    assert_eq!((status, ids(&bundle).len()), (200, 0), "{bundle}");
     assert_eq!(get("Patient/p-42/Observation".into()).await.0, 200);
+    let (status, bundle) = get("Observation?_include=Observation:subject:Patient".into()).await;
+    assert_eq!(status, 200);
     assert_eq!(
-        get("Observation?_include=Observation:subject:Patient".into())
-            .await
-            .0,
-        403
+        ids(&bundle),
+        vec![mine["id"].as_str().unwrap().to_string(), "p-42".to_string()]
     );
+    let (status, bundle) = get("Observation?subject:Patient.name=Chalmers".into()).await;
     assert_eq!(
-        get("Observation?subject:Patient.name=Chalmers".into())
-            .await
-            .0,
-        403
+        (status, ids(&bundle)),
+        (200, vec![mine["id"].as_str().unwrap().to_string()])
     );
     assert_eq!(
         get("Encounter".into()).await.0,
@@ -897,7 +962,10 @@ async fn patient_tokens_write_only_their_patients_data() {
     )
     .await;
     assert_eq!(status, 403);
-    assert!(outcome_text(&body).contains("another patient"), "{body}");
+    assert!(
+        outcome_text(&body).contains("Patient/p-42's compartment"),
+        "{body}"
+    );
     // Not granted: reading (the token has c and u only) and deleting.
     let response = app
         .client
