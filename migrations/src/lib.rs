@@ -14,6 +14,7 @@ mod m20261124_000006_postgres_byte_order;
 mod m20261124_000007_subscription_delivery;
 mod m20261124_000008_auth;
 mod m20261124_000009_audit;
+mod m20261124_000010_subscription_owner;
 
 pub struct Migrator;
 
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000007_subscription_delivery::Migration),
             Box::new(m20261124_000008_auth::Migration),
             Box::new(m20261124_000009_audit::Migration),
+            Box::new(m20261124_000010_subscription_owner::Migration),
         ]
     }
 }

@@ -239,13 +239,9 @@ fn refusal(principal: &Principal, need: Needs, segments: &[&str], query: &str) -
     }
     let allowed = match &need {
         Needs::Nothing | Needs::Token => true,
-        // Handlers that do not limit what they reach to part of a type (the audit trail,
-        // the subscription operations) need a scope granting all of it.
-        Needs::Access(resource_type, permission)
-            if resource_type == "AuditEvent"
-                || (resource_type == "Subscription"
-                    && segments.iter().any(|s| s.starts_with('$'))) =>
-        {
+        // The audit trail is not limited to part of it: reading it needs a scope
+        // granting all of it.
+        Needs::Access(resource_type, permission) if resource_type == "AuditEvent" => {
             principal.may(resource_type, *permission)
         }
         Needs::Access(resource_type, permission) => principal.reaches(resource_type, *permission),

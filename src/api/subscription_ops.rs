@@ -9,11 +9,12 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{json, Value as Json};
 
-use super::extract::BaseUrl;
+use super::extract::{BaseUrl, Caller};
 use super::respond::fhir_json;
 use super::AppState;
 use crate::error::{FhirError, FhirResult};
 use crate::store::time::now_micros;
+use crate::subscriptions::audience::Audience;
 use crate::subscriptions::notification::{
     notification_bundle, status_parameters, NotificationType, SubscriptionState,
 };
@@ -89,7 +90,9 @@ pub async fn status(
     State(state): State<AppState>,
     base: BaseUrl,
     Path(id): Path<String>,
+    caller: Caller,
 ) -> FhirResult<Response> {
+    super::crud::check_sees(&state, &caller, "Subscription", &id).await?;
     let (content, delivery) = subscription(&state, &id).await?;
     let bundle = searchset(vec![status_entry(&base.0, &id, &content, &delivery)]);
     Ok(fhir_json(StatusCode::OK, &bundle))
@@ -115,6 +118,7 @@ pub async fn status_of_many(
     State(state): State<AppState>,
     base: BaseUrl,
     Query(query): Query<StatusQuery>,
+    caller: Caller,
 ) -> FhirResult<Response> {
     let ids: Vec<String> = query
         .id
@@ -125,6 +129,9 @@ pub async fn status_of_many(
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .collect();
+    for id in &ids {
+        super::crud::check_sees(&state, &caller, "Subscription", id).await?;
+    }
     if ids.is_empty() {
         return Err(FhirError::bad_request(
             "give the subscriptions as id=…, e.g. Subscription/$status?id=123,456",
@@ -188,8 +195,10 @@ pub async fn events(
     State(state): State<AppState>,
     base: BaseUrl,
     Path(id): Path<String>,
+    caller: Caller,
     Query(query): Query<EventsQuery>,
 ) -> FhirResult<Response> {
+    super::crud::check_sees(&state, &caller, "Subscription", &id).await?;
     let (content, delivery) = subscription(&state, &id).await?;
     let settings = Delivery::of(&content);
     let payload = match query.content.as_deref() {
@@ -221,6 +230,10 @@ pub async fn events(
     } else {
         Vec::new()
     };
+    // Only what the subscription's owner may read (see `subscriptions::audience`).
+    let stored = Audience::from_record(delivery.owner_access.as_deref())
+        .keep(&state.store, &stored)
+        .await?;
     let mut events = Vec::with_capacity(stored.len());
     for event in stored {
         let resource = if payload == PayloadContent::FullResource && event.change != "delete" {
@@ -303,7 +316,9 @@ pub async fn ws_binding_token(
     State(state): State<AppState>,
     base: BaseUrl,
     Path(id): Path<String>,
+    caller: Caller,
 ) -> FhirResult<Response> {
+    super::crud::check_sees(&state, &caller, "Subscription", &id).await?;
     binding_token(&state, &base.0, vec![id]).await
 }
 
@@ -320,7 +335,9 @@ pub async fn ws_binding_token_get(
     State(state): State<AppState>,
     base: BaseUrl,
     Path(id): Path<String>,
+    caller: Caller,
 ) -> FhirResult<Response> {
+    super::crud::check_sees(&state, &caller, "Subscription", &id).await?;
     binding_token(&state, &base.0, vec![id]).await
 }
 
@@ -337,6 +354,7 @@ pub async fn ws_binding_token_many(
     State(state): State<AppState>,
     base: BaseUrl,
     Query(query): Query<StatusQuery>,
+    caller: Caller,
 ) -> FhirResult<Response> {
     let ids: Vec<String> = query
         .id
@@ -347,6 +365,9 @@ pub async fn ws_binding_token_many(
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .collect();
+    for id in &ids {
+        super::crud::check_sees(&state, &caller, "Subscription", id).await?;
+    }
     if ids.is_empty() || ids.len() > 100 {
         return Err(FhirError::bad_request(
             "give one to 100 websocket subscriptions as id=…, e.g. Subscription/$get-ws-binding-token?id=123,456",

@@ -4,7 +4,7 @@
 use super::scopes::{parse_scope, Context, Permission, ResourceScope, Scope};
 use super::token::AccessClaims;
 use crate::search::compartment::Compartments;
-use crate::search::criteria::{condition_at, Condition};
+use crate::search::criteria::{condition_at, owner_alias, Condition, Selectivity};
 use crate::search::visibility::{Access, Visible};
 
 #[derive(Debug, Clone)]
@@ -67,6 +67,23 @@ impl Principal {
 }
 
 impl Principal {
+    /// The principal of a record made by [`Access::record`].
+    pub fn from_record(record: &str) -> Option<Principal> {
+        let value: serde_json::Value = serde_json::from_str(record).ok()?;
+        let claims = AccessClaims {
+            iss: String::new(),
+            sub: String::new(),
+            aud: String::new(),
+            exp: 0,
+            iat: 0,
+            jti: String::new(),
+            scope: value["scope"].as_str()?.to_string(),
+            client_id: value["client_id"].as_str()?.to_string(),
+            patient: value["patient"].as_str().map(str::to_string),
+        };
+        Some(Principal::from_claims(&claims))
+    }
+
     /// Whether some scope grants `permission` on at least part of `resource_type` (its
     /// patient's compartment, or what a query restriction selects).
     pub fn reaches(&self, resource_type: &str, permission: Permission) -> bool {
@@ -82,7 +99,19 @@ impl Principal {
         depth: usize,
     ) -> Result<Option<Condition>, ()> {
         let mut parts: Vec<Condition> = Vec::new();
-        if scope.context == Context::Patient {
+        if scope.context == Context::Patient && resource_type == "Subscription" {
+            // Subscriptions are in no patient's compartment: a patient/ token reaches the
+            // ones its client wrote (which deliver only its patient's data).
+            let owner = owner_alias(depth);
+            parts.push(Condition::plain(
+                format!(
+                    "{owner}.id IN (SELECT o.subscription_id FROM subscription_state o \
+                     WHERE o.owner_client = ?)"
+                ),
+                vec![self.client_id.as_str().into()],
+                Selectivity::Filter,
+            ));
+        } else if scope.context == Context::Patient {
             let patient = self.patient.as_deref().ok_or(())?;
             let compartments = Compartments::get();
             if resource_type != "Patient"
@@ -161,6 +190,21 @@ impl Access for Principal {
             true => format!("no scope granting {permission:?} on {resource_type}"),
             false => limits.join(" or "),
         }
+    }
+
+    fn record(&self) -> Option<(String, String)> {
+        let scope = self
+            .scopes
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let record = serde_json::json!({
+            "client_id": self.client_id,
+            "scope": scope,
+            "patient": self.patient,
+        });
+        Some((self.client_id.clone(), record.to_string()))
     }
 
     fn sees_everything(&self, permission: Permission) -> bool {

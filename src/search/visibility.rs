@@ -37,6 +37,12 @@ pub trait Access: Send + Sync + std::fmt::Debug {
     /// What limits the caller's `permission` on `resource_type`, in words for an error
     /// message (`Patient/p-42's compartment`, `category=vital-signs`).
     fn limits(&self, resource_type: &str, permission: Permission) -> String;
+
+    /// The caller's client id and its access as a record to store with what it owns (a
+    /// subscription delivers to its owner's access); `None` when there is nothing to keep.
+    fn record(&self) -> Option<(String, String)> {
+        None
+    }
 }
 
 /// A caller's access for one kind of access; [`Sight::ALL`] when nothing limits it (no

@@ -263,9 +263,6 @@ pub async fn write_version(
         previous.is_some(),
     )
     .await?;
-    if let (Some(access), Some(_)) = (&caller, &content) {
-        check_written(conn, access.as_ref(), resource_type, id, previous.is_some()).await?;
-    }
     if resource_type == "Subscription" {
         crate::subscriptions::outbox::subscription_written(
             conn,
@@ -274,6 +271,14 @@ pub async fn write_version(
             signing_secret,
         )
         .await?;
+    }
+    // After the subscription's state: a patient/ token's own subscriptions are the ones
+    // its client wrote.
+    if let (Some(access), Some(written)) = (&caller, &content) {
+        check_written(conn, access.as_ref(), resource_type, id, previous.is_some()).await?;
+        if resource_type == "Subscription" {
+            check_subscribed_types(access.as_ref(), written)?;
+        }
     }
     let interaction = match (&content, previous) {
         (None, _) => Interaction::Delete,
@@ -376,6 +381,33 @@ async fn check_written(
         IssueCode::Forbidden,
         why,
     ))
+}
+
+/// A subscription delivers only what its owner may read: one to types the owner cannot
+/// read at all would never deliver anything, and is refused.
+fn check_subscribed_types(access: &dyn Access, subscription: &Json) -> FhirResult<()> {
+    let Some(live) = crate::subscriptions::registry::LiveSubscription::compile(subscription) else {
+        return Ok(());
+    };
+    let sight = Sight::new(Some(access), Permission::Read);
+    let types: Vec<&str> = live.resource_types().collect();
+    let readable = types.iter().any(|t| {
+        *t == crate::subscriptions::topics::ANY_RESOURCE
+            || !matches!(sight.visible(t, 0), Visible::Nothing)
+    });
+    if readable {
+        return Ok(());
+    }
+    Err(FhirError::new(
+        StatusCode::FORBIDDEN,
+        IssueCode::Forbidden,
+        format!(
+            "the subscription is about {}, which the token's scopes do not grant reading; \
+             notifications carry only what the subscriber may read",
+            types.join(", ")
+        ),
+    )
+    .at("Subscription.criteria"))
 }
 
 pub async fn history(

@@ -28,6 +28,7 @@ use serde_json::Value as Json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::audience::Audience;
 use super::bookkeeping::{bookkeep, claim_in, set_status, Bookkeeping};
 use super::notification::{notification_bundle, NotificationType, SubscriptionState};
 use super::outbox::{self, DeliveryState, StoredEvent};
@@ -510,8 +511,23 @@ impl Deliverer {
     ) -> Outcome {
         let started = Instant::now();
         let attempted_at = now_micros();
+        // Only what the subscription's owner may read; when nothing of these events is,
+        // nothing is sent and they count as delivered.
+        let audience = Audience::from_record(state.owner_access.as_deref());
+        let events = match audience.keep(&self.store, events).await {
+            Ok(kept) => kept,
+            Err(err) => return Outcome::failed(attempted_at, started, None, err.message()),
+        };
+        if kind == NotificationType::EventNotification && events.is_empty() {
+            return Outcome {
+                attempted_at,
+                duration: started.elapsed(),
+                http_status: None,
+                error: None,
+            };
+        }
         let mut notified = Vec::with_capacity(events.len());
-        for event in events {
+        for event in &events {
             let resource = if event.change == "delete" {
                 None
             } else if settings.content == super::request::PayloadContent::FullResource {

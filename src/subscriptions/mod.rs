@@ -12,6 +12,7 @@
 //!   shared between server instances, and heartbeats; `bookkeeping` records what they
 //!   did, `signing` signs notifications, `retention` prunes what is no longer needed.
 //! - `websocket`: the websocket channel (`bind-with-token`).
+pub mod audience;
 pub mod bookkeeping;
 pub mod delivery;
 pub mod notification;

@@ -109,10 +109,16 @@ pub async fn subscription_written(
                 vec![id.into()],
             ))
             .await?;
+            // The writer owns it: notifications carry only what it may read.
+            let (owner_client, owner_access) = match conn.caller().and_then(|c| c.record()) {
+                Some((client, access)) => (Some(client), Some(access)),
+                None => (None, None),
+            };
             conn.execute_raw(statement(
                 backend,
                 "INSERT INTO subscription_state (subscription_id, status, channel, \
-                 heartbeat_seconds, ends_at, signing_secret) VALUES (?, ?, ?, ?, ?, ?)",
+                 heartbeat_seconds, ends_at, signing_secret, owner_client, owner_access) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 vec![
                     id.into(),
                     status.into(),
@@ -120,6 +126,8 @@ pub async fn subscription_written(
                     heartbeat.into(),
                     ends_at.into(),
                     secret.into(),
+                    owner_client.into(),
+                    owner_access.into(),
                 ],
             ))
             .await?;
@@ -405,6 +413,8 @@ pub struct DeliveryState {
     pub signing_secret: Option<String>,
     pub owner: Option<String>,
     pub lease_until: i64,
+    /// The access of the client that wrote the Subscription (see `audience`).
+    pub owner_access: Option<String>,
 }
 
 pub const STATE_COLUMNS: &str =
@@ -412,7 +422,7 @@ pub const STATE_COLUMNS: &str =
     (SELECT c.last_number FROM subscription_counters c \
       WHERE c.subscription_id = subscription_state.subscription_id) AS events_since_start, \
     delivered_through, failures, failing_since, next_attempt_at, \
-    last_error, last_sent_at, signing_secret, owner, lease_until";
+    last_error, last_sent_at, signing_secret, owner, lease_until, owner_access";
 
 /// The last event number of the subscription of a `subscription_state` row, in SQL.
 const EVENTS_SINCE_START: &str = "(SELECT c.last_number FROM subscription_counters c \
@@ -474,6 +484,7 @@ pub fn state_from_row(row: &sea_orm::QueryResult) -> FhirResult<DeliveryState> {
         signing_secret: row.try_get("", "signing_secret")?,
         owner: row.try_get("", "owner")?,
         lease_until: row.try_get("", "lease_until")?,
+        owner_access: row.try_get("", "owner_access")?,
     })
 }
 

@@ -196,7 +196,7 @@ impl LiveSubscription {
     }
 
     /// The resource types this subscription can trigger on ([`ANY_RESOURCE`] for all).
-    fn resource_types(&self) -> impl Iterator<Item = &str> {
+    pub fn resource_types(&self) -> impl Iterator<Item = &str> {
         self.triggers.iter().map(|t| t.resource_type.as_str())
     }
 
@@ -365,6 +365,25 @@ fn holds(test: &MemoryTest, param: &str, change: &Change, entries: &mut EntryCac
                 .any(|want| reference_is(want, target_type.as_deref(), target_id.as_deref(), url))
         }),
     }
+}
+
+/// Whether `content` (of `resource_type`) matches `name=value`, when that can be told from
+/// its own index entries (`_id`, `_type`, token and reference parameters without
+/// modifiers); `None` otherwise.
+pub fn holds_in_memory(
+    resource_type: &str,
+    name: &str,
+    value: &str,
+    content: &Json,
+) -> Option<bool> {
+    let test = memory_test(resource_type, name, value)?;
+    let change = Change {
+        resource_type,
+        interaction: Interaction::Update,
+        current: Some(content),
+        previous: None,
+    };
+    Some(holds(&test, name, &change, &mut EntryCache::default()))
 }
 
 /// The reference search semantics of `search::criteria` for one index entry.

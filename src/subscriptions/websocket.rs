@@ -16,6 +16,7 @@ use axum::extract::ws::{Message, WebSocket};
 use sea_orm::ConnectionTrait;
 use serde_json::Value as Json;
 
+use super::audience::Audience;
 use super::bookkeeping::{bookkeep, set_status};
 use super::notification::{notification_bundle, NotificationType, SubscriptionState};
 use super::outbox;
@@ -265,8 +266,19 @@ async fn send_due(
             let Some(last) = stored.last().map(|e| e.number) else {
                 continue;
             };
-            let mut events = Vec::with_capacity(stored.len());
-            for event in &stored {
+            // Only what the subscription's owner may read (see `audience`).
+            let Ok(kept) = Audience::from_record(state.owner_access.as_deref())
+                .keep(store, &stored)
+                .await
+            else {
+                continue;
+            };
+            if kept.is_empty() {
+                binding.cursor = last;
+                continue;
+            }
+            let mut events = Vec::with_capacity(kept.len());
+            for event in &kept {
                 let resource = if settings.content == PayloadContent::FullResource
                     && event.change != "delete"
                 {
@@ -301,7 +313,7 @@ async fn send_due(
                 .map_err(|_| ())?;
             metrics.notification(NotificationKind::Event, true);
             let now = now_micros();
-            for event in &stored {
+            for event in &kept {
                 metrics.event_delivered(now - event.occurred);
             }
             binding.cursor = last;

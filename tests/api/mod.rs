@@ -1,6 +1,7 @@
 mod auth;
 mod bundle;
 mod cli;
+mod compartment;
 mod concurrency;
 mod conditional;
 mod conformance;
