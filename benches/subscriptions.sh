@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 cargo build --release --bins
 bin=target/release
 
-"$bin/fhirgate" serve --listen "127.0.0.1:$port" --database-url "$url" --outbound-allow 127.0.0.1 &
+"$bin/fhirgate" serve --listen "127.0.0.1:$port" --database-url "$url" --outbound-allow 127.0.0.1 --auth off &
 server=$!
 trap 'kill $server' EXIT
 for _ in $(seq 100); do curl -sf "$base/metadata" >/dev/null && break; sleep 0.2; done

@@ -35,7 +35,8 @@ pub struct ServeArgs {
     /// `sqlite://PATH` (created when missing) or `postgres://…` [default: sqlite://data/fhirgate.db].
     #[arg(long, env = "FHIRGATE_DATABASE_URL")]
     pub database_url: Option<String>,
-    /// `off` (loopback only, development) or `smart`.
+    /// `smart` (SMART on FHIR access tokens, the default) or `off` (loopback only, for
+    /// local development).
     #[arg(long, env = "FHIRGATE_AUTH", value_enum)]
     pub auth: Option<AuthMode>,
     /// Public base URL of the FHIR endpoint (e.g. `https://fhir.example.org/fhir`); by
@@ -228,8 +229,8 @@ impl ServeConfig {
                 .database_url
                 .or(file.database_url)
                 .unwrap_or_else(|| DEFAULT_DATABASE_URL.into()),
-            // Authentication is not implemented yet, so `off` is the only working mode.
-            auth: args.auth.or(file.auth).unwrap_or(AuthMode::Off),
+            // SMART on FHIR unless told otherwise; `off` only for local development.
+            auth: args.auth.or(file.auth).unwrap_or(AuthMode::Smart),
             base_url: args
                 .base_url
                 .or(file.base_url)
@@ -308,11 +309,6 @@ impl ServeConfig {
         // Checked now so that a typo stops the start, not a delivery days later.
         crate::outbound::OutboundPolicy::parse(&self.outbound_allow)
             .map_err(ConfigError::Invalid)?;
-        if self.auth == AuthMode::Smart {
-            return Err(ConfigError::Invalid(
-                "--auth smart is not available in this version yet; use --auth off on a loopback address".into(),
-            ));
-        }
         Ok(())
     }
 }

@@ -40,8 +40,39 @@ const TYPE_INTERACTIONS: &[&str] = &[
 )]
 pub async fn metadata(State(state): State<AppState>, base: BaseUrl) -> Response {
     let mut statement = (*state.capability).clone();
+    if state.config.auth == crate::config::AuthMode::Smart {
+        statement["rest"][0]["security"] = security(&base.0);
+    }
     statement["implementation"]["url"] = Json::String(base.0);
     fhir_json(StatusCode::OK, &statement)
+}
+
+/// `rest.security` with authentication on: SMART on FHIR, and where tokens come from (the
+/// SMART `oauth-uris` extension, as well as `.well-known/smart-configuration`).
+fn security(base: &str) -> Json {
+    let root = base.strip_suffix("/fhir").unwrap_or(base);
+    json!({
+        "extension": [{
+            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+            "extension": [{"url": "token", "valueUri": format!("{root}/auth/token")}]
+        }],
+        "cors": false,
+        "service": [{
+            "coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                "code": "SMART-on-FHIR",
+                "display": "SMART-on-FHIR"
+            }],
+            "text": "OAuth2 with SMART on FHIR Backend Services"
+        }],
+        "description": format!(
+            "Every request needs an access token (Authorization: Bearer) from {root}/auth/token \
+             (SMART Backend Services: client_credentials with a signed JWT client assertion) \
+             or from the configured identity provider. Scopes are SMART v1 and v2, with \
+             patient compartments and query restrictions; see \
+             {base}/.well-known/smart-configuration."
+        )
+    })
 }
 
 /// Builds the CapabilityStatement once at start.

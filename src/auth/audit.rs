@@ -104,20 +104,42 @@ impl Auditor {
     }
 }
 
+/// The DICOM action code (C, R, U, D, E) and the R4 `restful-interaction` code of a
+/// record, from its method and path.
+fn interaction(record: &Record) -> (&'static str, &'static str) {
+    if record.method == "TOKEN" {
+        return ("E", "login");
+    }
+    let path = record.target.split('?').next().unwrap_or_default();
+    let path = path.strip_prefix("/fhir").unwrap_or(path);
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if segments.iter().any(|s| s.starts_with('$')) {
+        return ("E", "operation");
+    }
+    match (record.method.as_str(), segments.as_slice()) {
+        ("GET", ["metadata"]) => ("R", "capabilities"),
+        ("GET", ["_history"]) => ("R", "history-system"),
+        ("GET", [_, "_history"]) => ("R", "history-type"),
+        ("GET", [_, _, "_history"]) => ("R", "history-instance"),
+        ("GET", [_, _, "_history", _]) => ("R", "vread"),
+        ("GET", []) => ("E", "search-system"),
+        ("GET", [_]) | ("POST", [_, "_search"]) | ("GET", [_, _, _]) => ("E", "search-type"),
+        ("GET", [_, _]) => ("R", "read"),
+        ("POST", []) => ("E", "transaction"),
+        ("POST", _) => ("C", "create"),
+        ("PUT", _) => ("U", "update"),
+        ("PATCH", _) => ("U", "patch"),
+        ("DELETE", _) => ("D", "delete"),
+        _ => ("E", "operation"),
+    }
+}
+
 /// The AuditEvent resource for a record: its id, time and content.
 fn audit_event(record: &Record) -> (String, i64, Json) {
     let id = uuid::Uuid::now_v7().to_string();
     let recorded = now_micros();
     let token = record.method == "TOKEN";
-    let (action, interaction) = match (record.method.as_str(), record.resource_id.is_some()) {
-        ("TOKEN", _) => ("E", "login"),
-        ("GET", true) => ("R", "read"),
-        ("GET", false) => ("E", "search"),
-        ("POST", _) => ("C", "create"),
-        ("PUT" | "PATCH", _) => ("U", "update"),
-        ("DELETE", _) => ("D", "delete"),
-        _ => ("E", "operation"),
-    };
+    let (action, interaction) = interaction(record);
     let outcome = match record.status {
         200..=399 => "0",
         400..=499 => "4",

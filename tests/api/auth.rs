@@ -772,6 +772,30 @@ async fn query_restricted_scopes_see_only_what_matches_the_restriction() {
     ))
     .await;
     assert_eq!(status, 403);
+    // POST _search and $lastn see what the restriction selects too.
+    let response = app
+        .client
+        .post(app.url("Observation/_search"))
+        .bearer_auth(&restricted)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("subject=Patient/p1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let bundle: Value = response.json().await.unwrap();
+    assert_eq!(
+        bundle["entry"].as_array().map(Vec::len),
+        Some(1),
+        "{bundle}"
+    );
+    let (status, bundle) = get("Observation/$lastn?patient=Patient/p1&code=8867-4".into()).await;
+    assert_eq!(status, 200, "{bundle}");
+    assert_eq!(
+        bundle["entry"].as_array().map(Vec::len),
+        Some(1),
+        "{bundle}"
+    );
     // Writes are not granted by a read scope, restricted or not.
     let response = app
         .client
@@ -783,6 +807,75 @@ async fn query_restricted_scopes_see_only_what_matches_the_restriction() {
         .await
         .unwrap();
     assert_eq!(response.status(), 403);
+    // A restricted write scope writes only what matches its restriction, before and after.
+    let writer = token_for(
+        &app,
+        "system/Observation.cud?category=http://terminology.hl7.org/CodeSystem/observation-category|vital-signs",
+    )
+    .await;
+    let send = |method: reqwest::Method, path: String, body: Value| {
+        let request = app
+            .client
+            .request(method, app.url(&path))
+            .bearer_auth(&writer)
+            .header("content-type", FHIR_JSON)
+            .body(body.to_string());
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, created) = send(
+        reqwest::Method::POST,
+        "Observation".into(),
+        heart_rate("Patient/p1", 72),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let mut lab_reading = heart_rate("Patient/p1", 6);
+    lab_reading["category"][0]["coding"][0]["code"] = json!("laboratory");
+    let (status, body) = send(reqwest::Method::POST, "Observation".into(), lab_reading).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(outcome_text(&body).contains("category="), "{body}");
+    let mut recategorised = created.clone();
+    recategorised["category"][0]["coding"][0]["code"] = json!("laboratory");
+    let created_path = format!("Observation/{}", created["id"].as_str().unwrap());
+    assert_eq!(
+        send(reqwest::Method::PUT, created_path.clone(), recategorised)
+            .await
+            .0,
+        403
+    );
+    let mut lab_as_vital = lab.clone();
+    lab_as_vital["category"][0]["coding"][0]["code"] = json!("vital-signs");
+    let lab_path = format!("Observation/{}", lab["id"].as_str().unwrap());
+    assert_eq!(
+        send(reqwest::Method::PUT, lab_path.clone(), lab_as_vital)
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        send(reqwest::Method::DELETE, lab_path.clone(), Value::Null)
+            .await
+            .0,
+        403
+    );
+    let stored = json_with_status(app.get(&lab_path).await, 200).await;
+    assert_eq!(
+        stored["meta"]["versionId"], "1",
+        "the lab result is untouched"
+    );
+    assert_eq!(
+        send(reqwest::Method::DELETE, created_path, Value::Null)
+            .await
+            .0,
+        204
+    );
 }
 
 #[tokio::test]

@@ -83,7 +83,7 @@ fn terminate(child: &Child) {
 fn serve_creates_the_default_sqlite_database_and_stops_gracefully() {
     let dir = temp_dir("default");
     let mut command = fhirgate(&dir);
-    command.args(["serve", "--listen", "127.0.0.1:0"]);
+    command.args(["serve", "--listen", "127.0.0.1:0", "--auth", "off"]);
     let (mut child, addr) = serve(command);
     assert!(
         dir.join("data/fhirgate.db").exists(),
@@ -136,6 +136,13 @@ fn config_file_and_environment_are_used() {
         &format!("GET /fhir/metadata HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
     );
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    // Authentication is on by default: data needs a token.
+    let response = http(
+        &addr,
+        &format!("GET /fhir/Patient HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    );
+    assert!(response.starts_with("HTTP/1.1 401"), "{response}");
+    assert!(response.contains("www-authenticate: Bearer"), "{response}");
     terminate(&child);
     assert!(wait_for_exit(&mut child).success());
     let _ = std::fs::remove_dir_all(dir);

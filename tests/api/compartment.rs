@@ -556,7 +556,7 @@ async fn a_patient_token_reaches_only_its_patients_compartment_through_every_pat
         });
         let search = events
             .iter()
-            .any(|e| e["subtype"][0]["code"] == "search" && e["outcome"] == "0");
+            .any(|e| e["subtype"][0]["code"] == "search-type" && e["outcome"] == "0");
         if refused_read && search {
             break;
         }

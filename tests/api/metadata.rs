@@ -53,6 +53,16 @@ async fn capability_statement_lists_every_type_and_interaction() {
         app.base.as_str(),
         "the server names its own base"
     );
+    // With authentication on (the test servers'), the security section names SMART on
+    // FHIR and the token endpoint.
+    let security = &rest["security"];
+    assert_eq!(security["service"][0]["coding"][0]["code"], "SMART-on-FHIR");
+    let token_uri = &security["extension"][0]["extension"][0];
+    assert_eq!(token_uri["url"], "token");
+    assert_eq!(
+        token_uri["valueUri"],
+        format!("{}/auth/token", app.base.strip_suffix("/fhir").unwrap())
+    );
     // The statement is itself a valid resource.
     let check = json_with_status(
         app.post("CapabilityStatement/$validate", &statement).await,

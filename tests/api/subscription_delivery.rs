@@ -973,6 +973,8 @@ async fn a_killed_server_process_is_taken_over_by_another() {
             "127.0.0.1",
             "--delivery-lease",
             "2s",
+            "--auth",
+            "off",
         ]);
         serve(command)
     };
