@@ -468,9 +468,11 @@ async fn a_patient_token_reaches_only_its_patients_compartment_through_every_pat
     )
     .await;
     assert_eq!(status, 403, "{body}");
+    // Another client's subscription (to an endpoint of its own).
+    let elsewhere = Receiver::start().await;
     let others = app
-        .create(&json!({"resourceType": "Subscription", "status": "off", "reason": "x",
-            "criteria": "Observation?code=8867-4", "channel": {"type": "rest-hook", "endpoint": receiver.url}}))
+        .create(&json!({"resourceType": "Subscription", "status": "requested", "reason": "x",
+            "criteria": "Observation?code=8867-4", "channel": {"type": "rest-hook", "endpoint": elsewhere.url}}))
         .await;
     assert_eq!(
         get(format!("Subscription/{}", others["id"].as_str().unwrap()))
@@ -526,6 +528,12 @@ async fn a_patient_token_reaches_only_its_patients_compartment_through_every_pat
     assert!(!received
         .iter()
         .any(|n| n.raw.contains(others_reading["id"].as_str().unwrap())));
+    // A subscriber that may read everything is notified of both readings.
+    elsewhere
+        .wait_until(10, |r| {
+            r.iter().flat_map(|n| n.event_numbers()).collect::<Vec<_>>() == vec![1, 2]
+        })
+        .await;
     // $events leaves out what the owner may not read too.
     let (status, events) = get(format!("Subscription/{nosy_id}/$events")).await;
     assert_eq!(status, 200, "{events}");
