@@ -81,6 +81,17 @@ pub struct ServeArgs {
     /// The audience (`aud`) the external identity provider's tokens must carry.
     #[arg(long, env = "FHIRGATE_AUTH_AUDIENCE")]
     pub auth_audience: Option<String>,
+    /// Create a Patient for a device message naming a patient identifier no Patient has
+    /// (else such messages are refused and kept as dead letters).
+    #[arg(long, env = "FHIRGATE_DEVICE_CREATE_PATIENTS")]
+    pub device_create_patients: Option<bool>,
+    /// The UTC offset of device times sent without one, e.g. `+01:00` [default: UTC].
+    #[arg(long, env = "FHIRGATE_DEVICE_TIME_ZONE")]
+    pub device_time_zone: Option<String>,
+    /// How far ahead of the server's clock a reading's time may be before the message is
+    /// refused, e.g. `5m` [default: 5m].
+    #[arg(long, env = "FHIRGATE_DEVICE_FUTURE_TOLERANCE")]
+    pub device_future_tolerance: Option<String>,
 }
 
 /// The same settings as they may appear in the TOML file.
@@ -112,6 +123,12 @@ struct FileSettings {
     auth_jwks_url: Option<String>,
     #[serde(alias = "auth-audience")]
     auth_audience: Option<String>,
+    #[serde(alias = "device-create-patients")]
+    device_create_patients: Option<bool>,
+    #[serde(alias = "device-time-zone")]
+    device_time_zone: Option<String>,
+    #[serde(alias = "device-future-tolerance")]
+    device_future_tolerance: Option<String>,
 }
 
 /// Fully resolved server settings.
@@ -131,6 +148,10 @@ pub struct ServeConfig {
     pub subscription_event_retention: Duration,
     /// An external identity provider whose tokens are accepted.
     pub external_idp: Option<ExternalIdp>,
+    pub device_create_patients: bool,
+    /// The offset of device times sent without one.
+    pub device_time_zone: chrono::FixedOffset,
+    pub device_future_tolerance: Duration,
 }
 
 /// An identity provider whose access tokens the server accepts besides its own.
@@ -144,6 +165,7 @@ pub struct ExternalIdp {
 pub const DEFAULT_RETRY_HORIZON: Duration = Duration::from_secs(3 * 24 * 3600);
 pub const DEFAULT_DELIVERY_LEASE: Duration = Duration::from_secs(30);
 pub const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const DEFAULT_DEVICE_FUTURE_TOLERANCE: Duration = Duration::from_secs(5 * 60);
 
 /// A duration such as `3d`, `12h`, `15m`, `90s` or `500ms`.
 pub fn parse_duration(text: &str) -> Option<Duration> {
@@ -212,6 +234,9 @@ impl ServeConfig {
             delivery_lease: DEFAULT_DELIVERY_LEASE,
             subscription_event_retention: DEFAULT_EVENT_RETENTION,
             external_idp: None,
+            device_create_patients: false,
+            device_time_zone: chrono::FixedOffset::east_opt(0).expect("UTC"),
+            device_future_tolerance: DEFAULT_DEVICE_FUTURE_TOLERANCE,
         }
     }
 
@@ -288,6 +313,24 @@ impl ServeConfig {
                     ))
                 }
             },
+            device_create_patients: args
+                .device_create_patients
+                .or(file.device_create_patients)
+                .unwrap_or(false),
+            device_time_zone: match args.device_time_zone.or(file.device_time_zone) {
+                None => chrono::FixedOffset::east_opt(0).expect("UTC"),
+                Some(text) => crate::devices::hl7time::parse_offset(&text).ok_or_else(|| {
+                    ConfigError::Invalid(format!(
+                        "--device-time-zone {text:?} is not a UTC offset such as +01:00, -05:00 or UTC"
+                    ))
+                })?,
+            },
+            device_future_tolerance: duration_setting(
+                "device-future-tolerance",
+                args.device_future_tolerance
+                    .or(file.device_future_tolerance),
+                DEFAULT_DEVICE_FUTURE_TOLERANCE,
+            )?,
         };
         config.check()?;
         Ok(config)

@@ -31,7 +31,48 @@ pub struct Metrics {
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,
+    /// Device messages by adapter and outcome, Observations stored by adapter.
+    device_messages: [[AtomicU64; DEVICE_OUTCOMES.len()]; ADAPTERS.len()],
+    device_observations: [AtomicU64; ADAPTERS.len()],
 }
+
+/// The device adapters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adapter {
+    Mllp = 0,
+    Mqtt = 1,
+    Http = 2,
+}
+
+const ADAPTERS: [&str; 3] = ["mllp", "mqtt", "http"];
+
+impl Adapter {
+    pub fn name(self) -> &'static str {
+        ADAPTERS[self as usize]
+    }
+
+    pub fn from_name(name: &str) -> Option<Adapter> {
+        match name {
+            "mllp" => Some(Adapter::Mllp),
+            "mqtt" => Some(Adapter::Mqtt),
+            "http" => Some(Adapter::Http),
+            _ => None,
+        }
+    }
+}
+
+/// What became of a device message.
+#[derive(Debug, Clone, Copy)]
+pub enum DeviceOutcome {
+    /// Stored (or already stored: a duplicate).
+    Stored = 0,
+    /// Refused for its content (kept as a dead letter).
+    Refused = 1,
+    /// Not stored because of the server (the database).
+    Failed = 2,
+}
+
+const DEVICE_OUTCOMES: [&str; 3] = ["stored", "refused", "failed"];
 
 /// Figures read from the database at scrape time.
 #[derive(Debug, Default)]
@@ -62,8 +103,41 @@ impl Metrics {
         }
     }
 
+    /// A device message handled by an adapter, with the Observations it stored.
+    pub fn device_message(&self, adapter: Adapter, outcome: DeviceOutcome, observations: usize) {
+        self.device_messages[adapter as usize][outcome as usize].fetch_add(1, Ordering::Relaxed);
+        self.device_observations[adapter as usize]
+            .fetch_add(observations as u64, Ordering::Relaxed);
+    }
+
     pub fn render(&self, queue: &QueueFigures) -> String {
         let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP fhirgate_device_messages_total Device messages by adapter and outcome (refused: kept as a dead letter).\n\
+             # TYPE fhirgate_device_messages_total counter"
+        );
+        for (a, adapter) in ADAPTERS.iter().enumerate() {
+            for (o, outcome) in DEVICE_OUTCOMES.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "fhirgate_device_messages_total{{adapter=\"{adapter}\",outcome=\"{outcome}\"}} {}",
+                    self.device_messages[a][o].load(Ordering::Relaxed)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP fhirgate_device_observations_total Observations stored from device messages, by adapter.\n\
+             # TYPE fhirgate_device_observations_total counter"
+        );
+        for (a, adapter) in ADAPTERS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "fhirgate_device_observations_total{{adapter=\"{adapter}\"}} {}",
+                self.device_observations[a].load(Ordering::Relaxed)
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP fhirgate_subscription_notifications_total Notifications sent to subscribers, by kind and outcome.\n\

@@ -21,9 +21,12 @@ use crate::subscriptions::registry::Registry;
 /// A server running in this process (used by `serve` and by the integration tests).
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// The MLLP listener's address, when one runs (`--mllp`).
+    pub mllp_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
     delivery: Option<DeliveryHandle>,
+    mllp: Option<crate::devices::mllp_listener::MllpListener>,
 }
 
 impl RunningServer {
@@ -35,6 +38,9 @@ impl RunningServer {
     /// Stops accepting connections, waits for in-flight requests to finish, then stops
     /// the subscription delivery (handing its work to other instances).
     pub async fn stop(mut self) -> std::io::Result<()> {
+        if let Some(mllp) = self.mllp.take() {
+            mllp.stop().await;
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -48,6 +54,9 @@ impl RunningServer {
     /// Stops the subscription delivery as a crash would: nothing handed over, leases
     /// left to run out (for tests of the takeover by another instance).
     pub async fn crash(mut self) {
+        if let Some(mllp) = self.mllp.take() {
+            mllp.stop().await;
+        }
         if let Some(delivery) = self.delivery.take() {
             delivery.abandon();
         }
@@ -125,6 +134,31 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, StartError> {
         },
         metrics.clone(),
     );
+    let hl7 = crate::devices::hl7_pipeline::Hl7Adapter {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        ingest: crate::devices::ingest::Settings {
+            create_patients: config.device_create_patients,
+            future_tolerance: config.device_future_tolerance,
+        },
+        pcd01: crate::devices::pcd01::Settings {
+            zone: config.device_time_zone,
+        },
+    };
+    let mllp = match &config.mllp {
+        Some(address) => {
+            let adapter = hl7.clone();
+            Some(
+                crate::devices::mllp_listener::MllpListener::start(address, adapter)
+                    .await
+                    .map_err(|source| StartError::Listen {
+                        addr: address.clone(),
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
     let auditor = crate::auth::audit::Auditor::start(store.clone());
     let state = AppState {
         store,
@@ -132,6 +166,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, StartError> {
         capability: Arc::new(api::metadata::capability_statement()),
         metrics,
         audit: auditor,
+        hl7,
         auth: Arc::new(
             crate::auth::token::TokenService::new(signing_keys, policy_for_auth)
                 .with_external(external_idp),
@@ -152,9 +187,11 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, StartError> {
     });
     Ok(RunningServer {
         addr,
+        mllp_addr: mllp.as_ref().map(|m| m.addr),
         stop: Some(stop),
         task,
         delivery: Some(delivery),
+        mllp,
     })
 }
 

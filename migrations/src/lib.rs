@@ -15,6 +15,7 @@ mod m20261124_000007_subscription_delivery;
 mod m20261124_000008_auth;
 mod m20261124_000009_audit;
 mod m20261124_000010_subscription_owner;
+mod m20261124_000011_device_dead_letters;
 
 pub struct Migrator;
 
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000008_auth::Migration),
             Box::new(m20261124_000009_audit::Migration),
             Box::new(m20261124_000010_subscription_owner::Migration),
+            Box::new(m20261124_000011_device_dead_letters::Migration),
         ]
     }
 }

@@ -46,6 +46,10 @@ pub fn needs(method: &Method, segments: &[&str]) -> Needs {
     };
     match segments {
         [] | ["_history"] => Needs::Everything,
+        // Device messages become Observations (and their Devices); the writes are then
+        // checked one by one like any other.
+        ["_ingest", ..] => access("Observation", Permission::Create),
+        ["_admin", ..] => Needs::Everything,
         // The websocket channel authenticates with its binding token (a websocket client
         // cannot always send headers), given out by an authorised `$get-ws-binding-token`.
         ["metadata"] | [".well-known", ..] | ["$subscription-ws"] => Needs::Nothing,
@@ -102,7 +106,14 @@ pub async fn authenticate(State(state): State<AppState>, request: Request, next:
         return next.run(request).await;
     }
     let path = request.uri().path().to_string();
-    let Some(rest) = path.strip_prefix("/fhir") else {
+    // Besides the FHIR API: device ingestion and administration (dead letters).
+    let rest = if let Some(rest) = path.strip_prefix("/fhir") {
+        rest.to_string()
+    } else if let Some(rest) = path.strip_prefix("/ingest/") {
+        format!("/_ingest/{rest}")
+    } else if let Some(rest) = path.strip_prefix("/admin/") {
+        format!("/_admin/{rest}")
+    } else {
         return next.run(request).await;
     };
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();

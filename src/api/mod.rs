@@ -6,6 +6,7 @@ pub mod auth;
 pub mod authenticate;
 pub mod bundle;
 pub mod crud;
+pub mod devices;
 pub mod extract;
 pub mod history;
 pub mod metadata;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     pub auth: Arc<crate::auth::token::TokenService>,
     pub audit: crate::auth::audit::Auditor,
+    /// The HL7 v2 device adapter (for replaying dead letters; MLLP uses it too).
+    pub hl7: crate::devices::hl7_pipeline::Hl7Adapter,
 }
 
 /// The FHIR routes with their OpenAPI description.
@@ -83,6 +86,9 @@ pub fn fhir_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(history::instance_history))
         .routes(routes!(search::search_compartment))
         .routes(routes!(crud::vread))
+        .routes(routes!(devices::list_dead_letters))
+        .routes(routes!(devices::get_dead_letter))
+        .routes(routes!(devices::replay_dead_letter))
 }
 
 /// 404 for a resource type this server does not know.

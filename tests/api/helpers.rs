@@ -162,6 +162,14 @@ impl TestApp {
     pub fn is_postgres(&self) -> bool {
         self.database_url.starts_with("postgres")
     }
+
+    /// The address of the MLLP listener (the test must have set `config.mllp`).
+    pub fn mllp_addr(&self) -> std::net::SocketAddr {
+        self.server
+            .as_ref()
+            .and_then(|s| s.mllp_addr)
+            .expect("the server runs an MLLP listener")
+    }
 }
 
 impl Drop for TestApp {

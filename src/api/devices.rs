@@ -1,0 +1,160 @@
+//! Device administration: the dead letters (messages that could not be stored), listed
+//! and replayed once their cause is fixed. With authentication on, these need a token
+//! granting everything (`system/*.cruds`).
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::AppState;
+use crate::devices::dead_letters;
+use crate::error::{FhirError, FhirResult};
+use crate::fhir::outcome::{operation_outcome, Issue, IssueCode};
+use crate::metrics::Adapter;
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeadLetterQuery {
+    /// `pending` (not stored yet) or `replayed`; all when absent.
+    pub status: Option<String>,
+    /// At most this many, newest first (default 100, at most 1000).
+    #[serde(rename = "_count")]
+    #[param(rename = "_count")]
+    pub count: Option<u64>,
+}
+
+/// The dead letters, newest first.
+#[utoipa::path(
+    get, path = "/admin/dead-letters", tag = "Devices",
+    params(DeadLetterQuery),
+    responses((status = 200, description = "{\"deadLetters\": [{id, received, adapter, template, status, attempts, problems: [{code, location, text}], replayedAt, payload}]}", content_type = "application/json"))
+)]
+pub async fn list_dead_letters(
+    State(state): State<AppState>,
+    Query(query): Query<DeadLetterQuery>,
+) -> FhirResult<Response> {
+    if let Some(status) = query.status.as_deref() {
+        if !matches!(status, "pending" | "replayed") {
+            return Err(FhirError::bad_request(format!(
+                "status {status:?} is not a dead-letter status; use pending or replayed"
+            )));
+        }
+    }
+    let count = query.count.unwrap_or(100).min(1000);
+    let letters =
+        dead_letters::list(state.store.connection(), query.status.as_deref(), count).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"deadLetters": letters}),
+    ))
+}
+
+/// One dead letter.
+#[utoipa::path(
+    get, path = "/admin/dead-letters/{id}", tag = "Devices",
+    params(("id" = String, Path, description = "Dead letter id")),
+    responses(
+        (status = 200, description = "The dead letter", content_type = "application/json"),
+        (status = 404, description = "No such dead letter", content_type = "application/fhir+json"),
+    )
+)]
+pub async fn get_dead_letter(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> FhirResult<Response> {
+    let letter = dead_letters::get(state.store.connection(), &id)
+        .await?
+        .ok_or_else(|| FhirError::not_found(format!("no dead letter {id}")))?;
+    Ok(json_response(StatusCode::OK, &json!(letter)))
+}
+
+/// Processes a dead letter again (after the mapping, patient or device was fixed): 200
+/// when it is now stored, 422 with what is still wrong.
+#[utoipa::path(
+    post, path = "/admin/dead-letters/{id}/replay", tag = "Devices",
+    params(("id" = String, Path, description = "Dead letter id")),
+    responses(
+        (status = 200, description = "Stored now: {\"status\": \"replayed\", \"created\": n}", content_type = "application/json"),
+        (status = 404, description = "No such dead letter", content_type = "application/fhir+json"),
+        (status = 409, description = "Already replayed", content_type = "application/fhir+json"),
+        (status = 422, description = "Still not storable: the OperationOutcome says why", content_type = "application/fhir+json"),
+    )
+)]
+pub async fn replay_dead_letter(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> FhirResult<Response> {
+    let letter = dead_letters::get(state.store.connection(), &id)
+        .await?
+        .ok_or_else(|| FhirError::not_found(format!("no dead letter {id}")))?;
+    if letter.status == "replayed" {
+        return Err(FhirError::new(
+            StatusCode::CONFLICT,
+            IssueCode::Conflict,
+            format!("dead letter {id} was already replayed"),
+        ));
+    }
+    let adapter = Adapter::from_name(&letter.adapter).ok_or_else(|| {
+        FhirError::internal(format!(
+            "dead letter {id} has unknown adapter {}",
+            letter.adapter
+        ))
+    })?;
+    let (stored, problems) = match (adapter, &letter.template) {
+        (Adapter::Mllp, _) => {
+            let handled = state.hl7.handle(adapter, &letter.payload, true).await;
+            (
+                handled.problems.is_empty().then_some(handled.created),
+                handled.problems,
+            )
+        }
+        _ => {
+            return Err(FhirError::not_supported(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "dead letters of the {} adapter cannot be replayed yet",
+                    letter.adapter
+                ),
+            ))
+        }
+    };
+    match stored {
+        Some(created) => {
+            dead_letters::replayed(&state.store, &id, None).await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({"id": id, "status": "replayed", "created": created}),
+            ))
+        }
+        None => {
+            dead_letters::replayed(&state.store, &id, Some(&problems)).await?;
+            let issues: Vec<Issue> = problems
+                .iter()
+                .map(|p| {
+                    let mut issue = Issue::error(IssueCode::Processing, p.text.clone());
+                    if let Some(location) = &p.location {
+                        issue = issue.at(location.clone());
+                    }
+                    issue
+                })
+                .collect();
+            Ok((
+                StatusCode::UNPROCESSABLE_ENTITY,
+                [(header::CONTENT_TYPE, "application/fhir+json")],
+                operation_outcome(&issues).to_string(),
+            )
+                .into_response())
+        }
+    }
+}
+
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}

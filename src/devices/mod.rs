@@ -1,0 +1,20 @@
+//! Device adapters: device data in, FHIR out.
+//!
+//! Each protocol is a parser that yields normalised readings ([`reading`]); the mapping
+//! to FHIR ([`mapping`], with the code maps of [`codes`]) and storage ([`ingest`], one
+//! transaction per message through the repository) are shared. HL7 v2 from monitors
+//! arrives over MLLP ([`mllp_listener`], [`mllp`] framing, [`hl7`] parsing, [`pcd01`]
+//! interpretation, [`ack`]); messages that cannot be stored are kept as
+//! [`dead_letters`] and can be replayed.
+pub mod ack;
+pub mod codes;
+pub mod dead_letters;
+pub mod hl7;
+pub mod hl7_pipeline;
+pub mod hl7time;
+pub mod ingest;
+pub mod mapping;
+pub mod mllp;
+pub mod mllp_listener;
+pub mod pcd01;
+pub mod reading;
