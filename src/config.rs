@@ -92,6 +92,12 @@ pub struct ServeArgs {
     /// refused, e.g. `5m` [default: 5m].
     #[arg(long, env = "FHIRGATE_DEVICE_FUTURE_TOLERANCE")]
     pub device_future_tolerance: Option<String>,
+    /// MQTT topics are `<prefix>/<template>[/…]` [default: fhirgate/ingest].
+    #[arg(long, env = "FHIRGATE_MQTT_TOPIC_PREFIX")]
+    pub mqtt_topic_prefix: Option<String>,
+    /// A folder of JSON mapping templates (`<name>.toml`), besides the shipped ones.
+    #[arg(long, env = "FHIRGATE_DEVICE_TEMPLATES")]
+    pub device_templates: Option<PathBuf>,
 }
 
 /// The same settings as they may appear in the TOML file.
@@ -129,6 +135,10 @@ struct FileSettings {
     device_time_zone: Option<String>,
     #[serde(alias = "device-future-tolerance")]
     device_future_tolerance: Option<String>,
+    #[serde(alias = "mqtt-topic-prefix")]
+    mqtt_topic_prefix: Option<String>,
+    #[serde(alias = "device-templates")]
+    device_templates: Option<PathBuf>,
 }
 
 /// Fully resolved server settings.
@@ -152,6 +162,8 @@ pub struct ServeConfig {
     /// The offset of device times sent without one.
     pub device_time_zone: chrono::FixedOffset,
     pub device_future_tolerance: Duration,
+    pub mqtt_topic_prefix: String,
+    pub device_templates: Option<PathBuf>,
 }
 
 /// An identity provider whose access tokens the server accepts besides its own.
@@ -165,6 +177,7 @@ pub struct ExternalIdp {
 pub const DEFAULT_RETRY_HORIZON: Duration = Duration::from_secs(3 * 24 * 3600);
 pub const DEFAULT_DELIVERY_LEASE: Duration = Duration::from_secs(30);
 pub const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const DEFAULT_MQTT_TOPIC_PREFIX: &str = "fhirgate/ingest";
 pub const DEFAULT_DEVICE_FUTURE_TOLERANCE: Duration = Duration::from_secs(5 * 60);
 
 /// A duration such as `3d`, `12h`, `15m`, `90s` or `500ms`.
@@ -237,6 +250,8 @@ impl ServeConfig {
             device_create_patients: false,
             device_time_zone: chrono::FixedOffset::east_opt(0).expect("UTC"),
             device_future_tolerance: DEFAULT_DEVICE_FUTURE_TOLERANCE,
+            mqtt_topic_prefix: DEFAULT_MQTT_TOPIC_PREFIX.into(),
+            device_templates: None,
         }
     }
 
@@ -331,6 +346,11 @@ impl ServeConfig {
                     .or(file.device_future_tolerance),
                 DEFAULT_DEVICE_FUTURE_TOLERANCE,
             )?,
+            mqtt_topic_prefix: args
+                .mqtt_topic_prefix
+                .or(file.mqtt_topic_prefix)
+                .unwrap_or_else(|| DEFAULT_MQTT_TOPIC_PREFIX.into()),
+            device_templates: args.device_templates.or(file.device_templates),
         };
         config.check()?;
         Ok(config)

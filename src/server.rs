@@ -27,6 +27,7 @@ pub struct RunningServer {
     task: JoinHandle<std::io::Result<()>>,
     delivery: Option<DeliveryHandle>,
     mllp: Option<crate::devices::mllp_listener::MllpListener>,
+    mqtt: Option<crate::devices::mqtt::MqttSubscriber>,
 }
 
 impl RunningServer {
@@ -40,6 +41,9 @@ impl RunningServer {
     pub async fn stop(mut self) -> std::io::Result<()> {
         if let Some(mllp) = self.mllp.take() {
             mllp.stop().await;
+        }
+        if let Some(mqtt) = self.mqtt.take() {
+            mqtt.stop().await;
         }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -56,6 +60,9 @@ impl RunningServer {
     pub async fn crash(mut self) {
         if let Some(mllp) = self.mllp.take() {
             mllp.stop().await;
+        }
+        if let Some(mqtt) = self.mqtt.take() {
+            mqtt.stop().await;
         }
         if let Some(delivery) = self.delivery.take() {
             delivery.abandon();
@@ -83,6 +90,8 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Connects, migrates and starts serving HTTP on `config.listen` (port 0 picks a free one).
@@ -145,6 +154,26 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, StartError> {
             zone: config.device_time_zone,
         },
     };
+    let templates = crate::devices::template::Templates::load(config.device_templates.as_deref())
+        .map_err(StartError::Config)?;
+    let json_adapter = crate::devices::json_pipeline::JsonAdapter {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        ingest: hl7.ingest.clone(),
+        templates: Arc::new(templates),
+    };
+    let mqtt = match &config.mqtt {
+        Some(url) => Some(
+            crate::devices::mqtt::MqttSubscriber::start(
+                url,
+                &config.mqtt_topic_prefix,
+                &store.subscriptions().instance,
+                json_adapter.clone(),
+            )
+            .map_err(StartError::Config)?,
+        ),
+        None => None,
+    };
     let mllp = match &config.mllp {
         Some(address) => {
             let adapter = hl7.clone();
@@ -167,6 +196,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, StartError> {
         metrics,
         audit: auditor,
         hl7,
+        json: json_adapter,
         auth: Arc::new(
             crate::auth::token::TokenService::new(signing_keys, policy_for_auth)
                 .with_external(external_idp),
@@ -192,6 +222,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, StartError> {
         task,
         delivery: Some(delivery),
         mllp,
+        mqtt,
     })
 }
 

@@ -1,6 +1,7 @@
 //! Device messages that could not be stored (unparsable, unknown patient, invalid
 //! values), kept whole with the reason, so nothing a device sent is lost: listed and
-//! replayed once the mapping, the patient or the device is fixed.
+//! replayed once the mapping, the patient or the device is fixed. A message sent with an
+//! access token keeps the sender's access, and is replayed with it.
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
 
@@ -23,7 +24,8 @@ CREATE TABLE IF NOT EXISTS device_dead_letters (
     problems TEXT NOT NULL,
     status VARCHAR(16) COLLATE "C" NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    replayed_at BIGINT
+    replayed_at BIGINT,
+    owner_access TEXT
 );
 CREATE INDEX IF NOT EXISTS device_dead_letters_by_status ON device_dead_letters (status, seq)
 "#;
@@ -39,7 +41,8 @@ CREATE TABLE IF NOT EXISTS device_dead_letters (
     problems TEXT NOT NULL,
     status TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    replayed_at INTEGER
+    replayed_at INTEGER,
+    owner_access TEXT
 );
 CREATE INDEX IF NOT EXISTS device_dead_letters_by_status ON device_dead_letters (status, seq)
 "#;

@@ -110,14 +110,32 @@ pub async fn replay_dead_letter(
                 handled.problems,
             )
         }
-        _ => {
-            return Err(FhirError::not_supported(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!(
-                    "dead letters of the {} adapter cannot be replayed yet",
-                    letter.adapter
-                ),
-            ))
+        (_, Some(template)) => {
+            // With the access of the client that sent it, if one did.
+            let caller = letter.owner_access.as_deref().map(|record| {
+                let principal = crate::auth::principal::Principal::from_record(record)
+                    .unwrap_or_else(|| crate::auth::principal::Principal {
+                        client_id: String::new(),
+                        scopes: Vec::new(),
+                        patient: None,
+                    });
+                std::sync::Arc::new(principal)
+                    as std::sync::Arc<dyn crate::search::visibility::Access>
+            });
+            let outcome = state
+                .json
+                .handle(adapter, template, letter.payload.as_bytes(), caller, true)
+                .await;
+            (
+                outcome.problems.is_empty().then_some(outcome.created),
+                outcome.problems,
+            )
+        }
+        (_, None) => {
+            return Err(FhirError::internal(format!(
+                "dead letter {id} of the {} adapter names no template",
+                letter.adapter
+            )))
         }
     };
     match stored {
@@ -157,4 +175,80 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
         body.to_string(),
     )
         .into_response()
+}
+
+/// Stores a device's JSON payload through a mapping template (`smartwatch`, `bp-cuff`, or
+/// one of `--device-templates`): one transaction per message of the payload, duplicates
+/// recognised. A payload that cannot be stored is kept as a dead letter.
+#[utoipa::path(
+    post, path = "/ingest/{template}", tag = "Devices",
+    params(("template" = String, Path, description = "Mapping template name", example = "smartwatch")),
+    request_body(content = Object, content_type = "application/json",
+        example = json!({"deviceId": "SW-1234", "patientId": "MRN-1", "timestamp": 1709287200000_i64, "heartRate": 72, "spo2": 97})),
+    responses(
+        (status = 200, description = "{\"template\", \"messages\", \"created\", \"existing\"}", content_type = "application/json"),
+        (status = 403, description = "The token may not write this data (another patient's)", content_type = "application/fhir+json"),
+        (status = 404, description = "No such template (the payload is kept as a dead letter)", content_type = "application/fhir+json"),
+        (status = 422, description = "The payload cannot be mapped or stored: what is wrong and where (JSONPath); kept as a dead letter", content_type = "application/fhir+json"),
+        (status = 503, description = "The server could not store it now; kept as a dead letter", content_type = "application/fhir+json"),
+    )
+)]
+pub async fn ingest(
+    State(state): State<AppState>,
+    Path(template): Path<String>,
+    caller: super::extract::Caller,
+    body: axum::body::Bytes,
+) -> FhirResult<Response> {
+    let outcome = state
+        .json
+        .handle(Adapter::Http, &template, &body, caller.0, false)
+        .await;
+    if outcome.problems.is_empty() {
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({
+                "template": template,
+                "messages": outcome.messages,
+                "created": outcome.created,
+                "existing": outcome.existing,
+            }),
+        ));
+    }
+    let status = if outcome.forbidden {
+        StatusCode::FORBIDDEN
+    } else if outcome.unknown_template {
+        StatusCode::NOT_FOUND
+    } else if outcome.failed {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    let code = if outcome.forbidden {
+        IssueCode::Forbidden
+    } else {
+        IssueCode::Processing
+    };
+    let mut issues: Vec<Issue> = outcome
+        .problems
+        .iter()
+        .map(|p| {
+            let mut issue = Issue::error(code, p.text.clone());
+            if let Some(location) = &p.location {
+                issue = issue.at(location.clone());
+            }
+            issue
+        })
+        .collect();
+    if let Some(id) = &outcome.dead_letter {
+        issues.push(Issue::information(
+            IssueCode::Informational,
+            format!("the payload is kept as dead letter {id}; replay it with POST /admin/dead-letters/{id}/replay once fixed"),
+        ));
+    }
+    Ok((
+        status,
+        [(header::CONTENT_TYPE, "application/fhir+json")],
+        operation_outcome(&issues).to_string(),
+    )
+        .into_response())
 }

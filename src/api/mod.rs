@@ -45,6 +45,8 @@ pub struct AppState {
     pub audit: crate::auth::audit::Auditor,
     /// The HL7 v2 device adapter (for replaying dead letters; MLLP uses it too).
     pub hl7: crate::devices::hl7_pipeline::Hl7Adapter,
+    /// The JSON telemetry adapter (`POST /ingest/{template}`, MQTT, replays).
+    pub json: crate::devices::json_pipeline::JsonAdapter,
 }
 
 /// The FHIR routes with their OpenAPI description.
@@ -89,6 +91,7 @@ pub fn fhir_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(devices::list_dead_letters))
         .routes(routes!(devices::get_dead_letter))
         .routes(routes!(devices::replay_dead_letter))
+        .routes(routes!(devices::ingest))
 }
 
 /// 404 for a resource type this server does not know.

@@ -111,6 +111,20 @@ impl Principal {
                 vec![self.client_id.as_str().into()],
                 Selectivity::Filter,
             ));
+        } else if scope.context == Context::Patient && resource_type == "Device" {
+            // Devices are in no patient's compartment in R4: a patient/ token reaches the
+            // devices assigned to its patient (`Device.patient`), such as its own wearable.
+            let patient = self.patient.as_deref().ok_or(())?;
+            let assigned = condition_at(
+                resource_type,
+                "patient",
+                &format!("Patient/{patient}"),
+                depth,
+            )
+            .ok()
+            .flatten()
+            .ok_or(())?;
+            parts.push(assigned);
         } else if scope.context == Context::Patient {
             let patient = self.patient.as_deref().ok_or(())?;
             let compartments = Compartments::get();

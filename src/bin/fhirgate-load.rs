@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 
+#[path = "load/mllp.rs"]
+mod mllp;
 #[path = "load/notify.rs"]
 mod notify;
 use serde_json::json;
@@ -70,6 +72,9 @@ struct Args {
     /// `notify`: Observation writes per second.
     #[arg(long, default_value_t = 1000)]
     rate: u64,
+    /// `mllp`: the server's MLLP listener address.
+    #[arg(long, default_value = "127.0.0.1:2575")]
+    mllp: String,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -84,6 +89,8 @@ enum Scenario {
     Query,
     /// Write-to-receipt latency of subscription notifications (see `load/notify.rs`).
     Notify,
+    /// PCD-01 messages over MLLP, `--clients` connections (see `load/mllp.rs`).
+    Mllp,
 }
 
 struct Totals {
@@ -99,6 +106,17 @@ async fn main() {
         .timeout(Duration::from_secs(30))
         .build()
         .expect("HTTP client");
+    if args.scenario == Scenario::Mllp {
+        let report = mllp::run(&mllp::Settings {
+            address: args.mllp.clone(),
+            connections: args.clients.max(1),
+            seconds: args.seconds,
+            warmup: args.warmup,
+        })
+        .await;
+        println!("{report}");
+        return;
+    }
     if args.scenario == Scenario::Notify {
         let report = notify::run(
             &client,
@@ -154,7 +172,9 @@ async fn main() {
                     Scenario::Create => create(&client, &args, worker, n).await,
                     Scenario::Read => read(&client, &args, &ids, worker, n).await,
                     Scenario::Search => search(&client, &args, worker, n).await,
-                    Scenario::Query | Scenario::Notify => query(&client, &args, worker, n).await,
+                    Scenario::Query | Scenario::Notify | Scenario::Mllp => {
+                        query(&client, &args, worker, n).await
+                    }
                 };
                 let elapsed = started.elapsed();
                 if !measuring.load(Ordering::Relaxed) {
@@ -212,6 +232,7 @@ async fn main() {
                     Scenario::Search => "search",
                     Scenario::Query => "query",
                     Scenario::Notify => "notify",
+                    Scenario::Mllp => "mllp",
                 },
                 "clients": args.clients, "seconds": elapsed, "ok": ok, "errors": errors,
                 "per_second": throughput, "p50_ms": pct(50.0), "p95_ms": pct(95.0), "p99_ms": pct(99.0),

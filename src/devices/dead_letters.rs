@@ -28,6 +28,9 @@ pub struct DeadLetter {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replayed_at: Option<String>,
     pub payload: String,
+    /// The access of the client that sent it (replays run with it).
+    #[serde(skip)]
+    pub owner_access: Option<String>,
 }
 
 pub fn problems_json(problems: &[Problem]) -> Json {
@@ -46,8 +49,10 @@ pub async fn keep(
     template: Option<&str>,
     payload: &str,
     problems: &[Problem],
+    caller: Option<&dyn crate::search::visibility::Access>,
 ) -> FhirResult<String> {
     let id = uuid::Uuid::now_v7().to_string();
+    let owner_access = caller.and_then(|c| c.record()).map(|(_, record)| record);
     let values: Vec<Value> = vec![
         id.as_str().into(),
         now_micros().into(),
@@ -55,6 +60,7 @@ pub async fn keep(
         template.map(str::to_string).into(),
         payload.into(),
         problems_json(problems).to_string().into(),
+        owner_access.into(),
     ];
     store
         .writer()
@@ -64,7 +70,8 @@ pub async fn keep(
                 txn.execute_raw(statement(
                     backend,
                     "INSERT INTO device_dead_letters (id, received, adapter, template, payload, \
-                     problems, status, attempts) VALUES (?, ?, ?, ?, ?, ?, 'pending', 0)",
+                     problems, owner_access, status, attempts) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0)",
                     values,
                 ))
                 .await?;
@@ -83,7 +90,7 @@ pub async fn list(
 ) -> FhirResult<Vec<DeadLetter>> {
     let mut sql = String::from(
         "SELECT id, received, adapter, template, payload, problems, status, attempts, \
-         replayed_at FROM device_dead_letters",
+         replayed_at, owner_access FROM device_dead_letters",
     );
     let mut values: Vec<Value> = Vec::new();
     if let Some(status) = status {
@@ -103,7 +110,7 @@ pub async fn get(conn: &impl ConnectionTrait, id: &str) -> FhirResult<Option<Dea
         .query_one_raw(statement(
             conn.get_database_backend(),
             "SELECT id, received, adapter, template, payload, problems, status, attempts, \
-             replayed_at FROM device_dead_letters WHERE id = ?",
+             replayed_at, owner_access FROM device_dead_letters WHERE id = ?",
             vec![id.into()],
         ))
         .await?;
@@ -148,5 +155,6 @@ fn from_row(row: &sea_orm::QueryResult) -> FhirResult<DeadLetter> {
         status: row.try_get("", "status")?,
         attempts: row.try_get("", "attempts")?,
         replayed_at: row.try_get::<Option<i64>>("", "replayed_at")?.map(instant),
+        owner_access: row.try_get("", "owner_access")?,
     })
 }

@@ -105,6 +105,7 @@ impl Hl7Adapter {
             Err(refused) => {
                 let problems = match refused {
                     Refused::Content(problems) => problems,
+                    Refused::Forbidden(why) => vec![Problem::new(207, None, why)],
                     Refused::Failure(error) => {
                         tracing::error!("an HL7 message could not be stored: {error}");
                         vec![Problem::new(
@@ -149,7 +150,7 @@ impl Hl7Adapter {
             return;
         }
         if let Err(error) =
-            dead_letters::keep(&self.store, adapter.name(), None, payload, problems).await
+            dead_letters::keep(&self.store, adapter.name(), None, payload, problems, None).await
         {
             tracing::error!(
                 "a refused {} message could not be kept as a dead letter: {error}",

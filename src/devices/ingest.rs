@@ -49,15 +49,17 @@ pub enum Refused {
     Content(Vec<Problem>),
     /// The server could not store it now (the database); sending it again may work.
     Failure(FhirError),
+    /// The caller may not write what the message holds (another patient's data).
+    Forbidden(String),
 }
 
 impl From<FhirError> for Refused {
     fn from(error: FhirError) -> Refused {
         match error.status {
+            StatusCode::FORBIDDEN => Refused::Forbidden(error.message()),
             StatusCode::BAD_REQUEST
             | StatusCode::UNPROCESSABLE_ENTITY
             | StatusCode::PRECONDITION_FAILED
-            | StatusCode::FORBIDDEN
             | StatusCode::NOT_FOUND => {
                 Refused::Content(vec![Problem::new(207, None, error.message())])
             }
@@ -96,6 +98,11 @@ pub async fn store(
                         ))
                     }
                     Err(Refused::Failure(error)) => Err(error),
+                    Err(Refused::Forbidden(why)) => Err(FhirError::new(
+                        StatusCode::FORBIDDEN,
+                        crate::fhir::outcome::IssueCode::Forbidden,
+                        why,
+                    )),
                 }
             })
         })
@@ -209,7 +216,15 @@ async fn store_in(
             ));
         }
     }
-    create_absent(txn, "DeviceMetric", METRIC_ID_SYSTEM, metrics).await?;
+    // A caller that may not write DeviceMetrics (a patient's own device: they are in no
+    // patient's compartment) sends its readings without them.
+    let writes_metrics = !matches!(
+        Sight::of(&caller, Permission::Create).visible("DeviceMetric", 0),
+        crate::search::visibility::Visible::Nothing
+    );
+    if writes_metrics {
+        create_absent(txn, "DeviceMetric", METRIC_ID_SYSTEM, metrics).await?;
+    }
     // The Observations not stored before.
     let mut observations: Vec<(String, Json)> = Vec::new();
     let mut seen = HashSet::new();

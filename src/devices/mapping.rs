@@ -37,6 +37,7 @@ pub fn observation(reading: &Reading, resolved: &Resolved) -> Json {
     let mut resource = Map::new();
     resource.insert("resourceType".into(), json!("Observation"));
     let (code, category, profile) = describe(&reading.code, !reading.components.is_empty());
+    let category = category.or_else(|| reading.category.clone());
     let mut meta = Map::new();
     if reading.test_data {
         meta.insert(

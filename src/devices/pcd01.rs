@@ -420,6 +420,7 @@ impl Reader {
                 test_data,
                 components: Vec::new(),
                 origin: Some(row.location.trim_end_matches("^5").to_string()),
+                category: None,
             });
         }
         group_panels(readings)
@@ -622,6 +623,7 @@ fn group_panels(readings: Vec<Reading>) -> Vec<Reading> {
                 test_data: reading.test_data,
                 components: Vec::new(),
                 origin: reading.origin.clone(),
+                category: None,
             });
             out.len() - 1
         });

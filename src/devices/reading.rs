@@ -124,6 +124,9 @@ pub struct Reading {
     /// Where the reading came from in its message (`OBX^3`, `$.heartRate`), for errors.
     #[serde(default)]
     pub origin: Option<String>,
+    /// The Observation category when the code maps do not give one (a template's).
+    #[serde(default)]
+    pub category: Option<String>,
 }
 
 /// A reading's value.

@@ -6,6 +6,7 @@ mod concurrency;
 mod conditional;
 mod conformance;
 mod crud;
+mod devices_json;
 mod devices_mllp;
 mod errors;
 mod helpers;
