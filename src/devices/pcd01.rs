@@ -345,6 +345,25 @@ impl Reader {
             }
             metrics.push((row, time));
         }
+        // An MDS row (`1.0.0.0`, or `1` from PHD gateways) gives the monitor's type.
+        for (place, code, equipment) in &device_rows {
+            let mds = place == "1"
+                || place.split('.').skip(1).all(|part| part == "0") && place.contains('.');
+            let Some(target) = equipment.as_ref().or(gateway) else {
+                continue;
+            };
+            if !mds {
+                continue;
+            }
+            self.device_for(target);
+            if let Some(device) = self
+                .devices
+                .iter_mut()
+                .find(|d| d.identifier == *target && d.kind.is_none())
+            {
+                device.kind = Some(code.clone());
+            }
+        }
         // The device of a metric: its own OBX-18, else the nearest device row above it
         // that names equipment, else the gateway's.
         let mut readings: Vec<Reading> = Vec::new();

@@ -33,6 +33,17 @@ OBX|2|NM|150301^MDC_PRESS_CUFF_SYS^MDC|1.1.9.150301|166|266016^MDC_DIM_MMHG^MDC|
 OBX|3|NM|150303^MDC_PRESS_CUFF_MEAN^MDC|1.1.9.150303|122|266016^MDC_DIM_MMHG^MDC|||||R|||20200212125008|||^APERIODIC\n\
 OBX|4|NM|150302^MDC_PRESS_CUFF_DIA^MDC|1.1.9.150302|100|266016^MDC_DIM_MMHG^MDC|||||R|||20200212125008|||^APERIODIC\n";
 
+/// A personal-health gateway (Continua style): an MDS row `1`, a compound blood pressure
+/// header `1.0.1` with its members, and a plain metric `1.0.0.1`.
+const CONTINUA_BP: &str = "MSH|^~\\&|Cdog Health Ltd.^6CF049DB5F02^EUI-64||||20150118143000+0000||ORU^R01^ORU_R01|msgId0|T|2.6|||NE|AL|||||IHE PCD ORU-R012006^HL7^2.16.840.1.113883.9^HL7\r\
+PID|||SSN3456789^^^&OEP^SSN||Doe^Jane||19910120082615.471+0100\r\
+OBR|1|AB1234^Cdog Health Ltd.^6CF049DB5F02^EUI-64|AB1234^Cdog Health Ltd.^6CF049DB5F02^EUI-64|135840009^Blood pressure monitoring^SNOMED-CT|||20150118143000+0000|20150118143100+0000\r\
+OBX|2||528391^MDC_DEV_SPEC_PROFILE_BP^MDC|1|||||||X|||20150118143000+0000||||0123456789ABCDEF^EUI-64\r\
+OBX|3||150020^MDC_PRESS_BLD_NONINV^MDC|1.0.1|||||||X|||20150118143000+0000\r\
+OBX|4|NM|150021^MDC_PRESS_BLD_NONINV_SYS^MDC|1.0.1.1|140.5|266016^MDC_DIM_MMHG^MDC|||||R|||20150118143000+0000\r\
+OBX|5|NM|150022^MDC_PRESS_BLD_NONINV_DIA^MDC|1.0.1.2|95.0|266016^MDC_DIM_MMHG^MDC|||||R|||20150118143000+0000\r\
+OBX|6|NM|149546^MDC_PULS_RATE_NON_INV^MDC|1.0.0.1|75.5|264864^MDC_DIM_BEAT_PER_MIN^MDC|||||R|||20150118143000+0000\r";
+
 /// A gateway's ECG lead II waveform (500 Hz) with its attribute rows.
 const WAVEFORM: &str = "MSH|^~\\&|GW^00A0370000000001^EUI-64|MINDRAY|||20240124131540+0800||ORU^R01^ORU_R01|W-1227|P|2.6\r\
 PID|||3499999^^^PID^MR\r\
@@ -250,6 +261,10 @@ async fn numeric_vitals_become_vital_signs_observations_of_the_monitor_and_patie
     let device = &devices[0];
     let device_id = device["id"].as_str().unwrap();
     assert_eq!(device["patient"]["reference"], format!("Patient/{patient}"));
+    assert_eq!(
+        device["type"]["coding"][0]["code"], "69965",
+        "from the MDS row"
+    );
 
     let observations = search(
         &app,
@@ -379,6 +394,37 @@ async fn blood_pressure_members_become_one_panel_and_demo_data_is_labelled() {
     assert_eq!(
         devices[0]["identifier"][0]["value"],
         "00-A0-37-00-98-00-66-40"
+    );
+}
+
+#[tokio::test]
+async fn a_personal_health_gateway_reports_its_cuff_as_the_device() {
+    let app = spawn_monitor_app(false).await;
+    let patient = a_patient(&app, "urn:oid:9.9", "SSN3456789").await;
+    let ack = send(&app, CONTINUA_BP).await;
+    assert_eq!(ack.code, "AA", "{}", ack.text);
+    let observations = search(&app, &format!("Observation?subject=Patient/{patient}")).await;
+    assert_eq!(observations.len(), 2, "{observations:#?}");
+    let bp = observations
+        .iter()
+        .find(|o| has_coding(&o["code"], "http://loinc.org", "85354-9"))
+        .expect("the blood pressure panel");
+    assert_eq!(vital_signs_violations(bp), Vec::<String>::new(), "{bp:#}");
+    assert_eq!(bp["component"][0]["valueQuantity"]["value"], 140.5);
+    // The cuff (OBX-18 of the MDS row) measured them, not the gateway.
+    let cuff = search(
+        &app,
+        "Device?identifier=urn:oid:1.2.840.10004.1.1.1.0.0.1.0.0.1.2680|01-23-45-67-89-AB-CD-EF",
+    )
+    .await;
+    assert_eq!(cuff.len(), 1);
+    assert_eq!(cuff[0]["type"]["coding"][0]["code"], "528391");
+    let cuff_ref = format!("Device/{}", cuff[0]["id"].as_str().unwrap());
+    assert!(
+        observations
+            .iter()
+            .all(|o| o["device"]["reference"] == cuff_ref.as_str()),
+        "{observations:#?}"
     );
 }
 
