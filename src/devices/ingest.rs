@@ -76,6 +76,9 @@ pub async fn store(
     caller: Option<Arc<dyn Access>>,
 ) -> Result<Stored, Refused> {
     check_times(&message, settings)?;
+    // Mapping and validation run here, in parallel across connections, when the patient
+    // and devices are known already (the usual case); the single writer then only stores.
+    let prepared = prepare(store, &message, caller.clone()).await?;
     let settings = settings.clone();
     // A content problem fails the job (so nothing of the message is kept); the problems
     // come back through this slot, the job's error only says that there were some.
@@ -85,7 +88,11 @@ pub async fn store(
         .writer()
         .write_as(caller, move |txn| {
             Box::pin(async move {
-                match store_in(txn, &settings, &message).await {
+                let stored = match prepared {
+                    Some(prepared) => store_prepared(txn, prepared).await,
+                    None => store_in(txn, &settings, &message).await,
+                };
+                match stored {
                     Ok(stored) => Ok(stored),
                     Err(Refused::Content(found)) => {
                         if let Ok(mut slot) = slot.lock() {
@@ -223,7 +230,13 @@ async fn store_in(
         crate::search::visibility::Visible::Nothing
     );
     if writes_metrics {
-        create_absent(txn, "DeviceMetric", METRIC_ID_SYSTEM, metrics).await?;
+        create_absent(
+            txn,
+            "DeviceMetric",
+            METRIC_ID_SYSTEM,
+            validated("DeviceMetric", metrics)?,
+        )
+        .await?;
     }
     // The Observations not stored before.
     let mut observations: Vec<(String, Json)> = Vec::new();
@@ -240,7 +253,13 @@ async fn store_in(
         }
     }
     let total = observations.len();
-    let created = create_absent(txn, "Observation", OBSERVATION_ID_SYSTEM, observations).await?;
+    let created = create_absent(
+        txn,
+        "Observation",
+        OBSERVATION_ID_SYSTEM,
+        validated("Observation", observations)?,
+    )
+    .await?;
     Ok(Stored {
         patient,
         created,
@@ -364,27 +383,42 @@ async fn create_absent(
     txn: &WriteTxn<'_>,
     resource_type: &str,
     system: &str,
-    resources: Vec<(String, Json)>,
+    resources: Vec<(String, ValidResource)>,
 ) -> Result<usize, Refused> {
     if resources.is_empty() {
         return Ok(0);
     }
-    use sea_orm::ConnectionTrait;
-    let backend = txn.get_database_backend();
+    let identifiers: Vec<&str> = resources.iter().map(|(id, _)| id.as_str()).collect();
+    let existing = existing_identifiers(txn, resource_type, system, &identifiers).await?;
+    let mut created = 0;
+    for (identifier, resource) in resources {
+        if existing.contains(&identifier) {
+            continue;
+        }
+        repository::create_with_id(txn, resource, &new_id()).await?;
+        created += 1;
+    }
+    Ok(created)
+}
+
+/// Which of `identifiers` (in `system`) resources of the type have.
+async fn existing_identifiers(
+    conn: &impl sea_orm::ConnectionTrait,
+    resource_type: &str,
+    system: &str,
+    identifiers: &[&str],
+) -> Result<HashSet<String>, Refused> {
+    let backend = conn.get_database_backend();
     let mut existing: HashSet<String> = HashSet::new();
-    for chunk in resources.chunks(500) {
+    for chunk in identifiers.chunks(500) {
         let mut values: Vec<sea_orm::Value> = vec![resource_type.into(), system.into()];
-        values.extend(
-            chunk
-                .iter()
-                .map(|(id, _)| sea_orm::Value::from(id.as_str())),
-        );
+        values.extend(chunk.iter().map(|id| sea_orm::Value::from(*id)));
         let sql = format!(
             "SELECT code FROM search_token WHERE resource_type = ? AND param = 'identifier' \
              AND system = ? AND code IN ({})",
             vec!["?"; chunk.len()].join(", ")
         );
-        for row in txn
+        for row in conn
             .query_all_raw(statement(backend, &sql, values))
             .await
             .map_err(FhirError::from)?
@@ -392,23 +426,142 @@ async fn create_absent(
             existing.insert(row.try_get::<String>("", "code").map_err(FhirError::from)?);
         }
     }
-    let mut created = 0;
-    for (identifier, content) in resources {
-        if existing.contains(&identifier) {
-            continue;
+    Ok(existing)
+}
+
+/// Validates the resources made from a message; one that is not valid FHIR is the
+/// message's problem (a value the profile cannot take), named as such.
+fn validated(
+    resource_type: &str,
+    resources: Vec<(String, Json)>,
+) -> Result<Vec<(String, ValidResource)>, Refused> {
+    resources
+        .into_iter()
+        .map(|(identifier, content)| {
+            ValidResource::parse(content, Some(resource_type))
+                .map(|resource| (identifier, resource))
+                .map_err(|e| {
+                    Refused::Content(vec![Problem::new(
+                        207,
+                        None,
+                        format!(
+                            "the {resource_type} made from the message is not valid FHIR: {}",
+                            e.message()
+                        ),
+                    )])
+                })
+        })
+        .collect()
+}
+
+/// A message whose patient and devices exist, mapped and validated ahead of the write.
+struct Prepared {
+    patient: Option<String>,
+    metrics: Vec<(String, ValidResource)>,
+    observations: Vec<(String, ValidResource)>,
+}
+
+/// Maps and validates a message outside the writer when everything it refers to exists
+/// and stays as it is (no patient to create, no device to create or re-assign); `None`
+/// sends it the slow way, where the writer does all of it in order.
+async fn prepare(
+    store: &Store,
+    message: &DeviceMessage,
+    caller: Option<Arc<dyn Access>>,
+) -> Result<Option<Prepared>, Refused> {
+    let conn = store.connection();
+    let searching = Sight::of(&caller, Permission::Search);
+    let patient = match &message.patient {
+        Some(PatientRef::Id(_)) | None => return Ok(None),
+        Some(PatientRef::Identifier { system, value }) => {
+            let criteria = token_criteria(system.as_deref(), value);
+            match find_matches(conn, "Patient", &criteria, searching)
+                .await?
+                .as_slice()
+            {
+                [one] => one.id.clone(),
+                _ => return Ok(None),
+            }
         }
-        let resource = ValidResource::parse(content, Some(resource_type)).map_err(|e| {
-            Refused::Content(vec![Problem::new(
-                207,
-                None,
-                format!(
-                    "the {resource_type} made from the message is not valid FHIR: {}",
-                    e.message()
-                ),
-            )])
-        })?;
-        repository::create_with_id(txn, resource, &new_id()).await?;
-        created += 1;
+    };
+    let mut devices: HashMap<String, (String, DeviceId)> = HashMap::new();
+    for info in &message.devices {
+        let criteria = token_criteria(Some(&info.identifier.system), &info.identifier.value);
+        let Some(found) = find_matches(conn, "Device", &criteria, searching)
+            .await?
+            .into_iter()
+            .next()
+        else {
+            return Ok(None);
+        };
+        let current = crate::store::versions::read_current(conn, "Device", &found.id).await?;
+        let assigned = current
+            .and_then(|c| c.content)
+            .and_then(|c| c["patient"]["reference"].as_str().map(str::to_string));
+        if assigned.as_deref() != Some(format!("Patient/{patient}").as_str()) {
+            return Ok(None);
+        }
+        devices.insert(info.key.clone(), (found.id, info.identifier.clone()));
     }
-    Ok(created)
+    let resolved = Resolved {
+        patient: Some(&patient),
+        devices: &devices,
+    };
+    let writes_metrics = !matches!(
+        Sight::of(&caller, Permission::Create).visible("DeviceMetric", 0),
+        crate::search::visibility::Visible::Nothing
+    );
+    let mut metrics: Vec<(String, Json)> = Vec::new();
+    let mut seen_metrics = HashSet::new();
+    for reading in message.readings.iter().filter(|_| writes_metrics) {
+        let Some((device_id, device)) = reading.device.as_ref().and_then(|k| devices.get(k)) else {
+            continue;
+        };
+        let identifier = mapping::metric_identifier(reading, device);
+        if seen_metrics.insert(identifier.clone()) {
+            metrics.push((
+                identifier,
+                mapping::device_metric(reading, device_id, device),
+            ));
+        }
+    }
+    // Channels seen before need no new DeviceMetric (checked again by the writer).
+    let known: Vec<&str> = metrics.iter().map(|(id, _)| id.as_str()).collect();
+    let existing = existing_identifiers(conn, "DeviceMetric", METRIC_ID_SYSTEM, &known).await?;
+    metrics.retain(|(id, _)| !existing.contains(id));
+    let mut observations: Vec<(String, Json)> = Vec::new();
+    let mut seen = HashSet::new();
+    for reading in &message.readings {
+        let device = reading
+            .device
+            .as_ref()
+            .and_then(|k| devices.get(k))
+            .map(|d| &d.1);
+        let identifier = mapping::identifier(reading, device);
+        if seen.insert(identifier.clone()) {
+            observations.push((identifier, mapping::observation(reading, &resolved)));
+        }
+    }
+    Ok(Some(Prepared {
+        patient: Some(patient),
+        metrics: validated("DeviceMetric", metrics)?,
+        observations: validated("Observation", observations)?,
+    }))
+}
+
+async fn store_prepared(txn: &WriteTxn<'_>, prepared: Prepared) -> Result<Stored, Refused> {
+    create_absent(txn, "DeviceMetric", METRIC_ID_SYSTEM, prepared.metrics).await?;
+    let total = prepared.observations.len();
+    let created = create_absent(
+        txn,
+        "Observation",
+        OBSERVATION_ID_SYSTEM,
+        prepared.observations,
+    )
+    .await?;
+    Ok(Stored {
+        patient: prepared.patient,
+        created,
+        existing: total - created,
+    })
 }
