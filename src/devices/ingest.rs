@@ -389,16 +389,50 @@ async fn create_absent(
         return Ok(0);
     }
     let identifiers: Vec<&str> = resources.iter().map(|(id, _)| id.as_str()).collect();
-    let existing = existing_identifiers(txn, resource_type, system, &identifiers).await?;
+    // What earlier transactions stored, and (claims) what jobs of this one are storing.
+    let existing = committed_identifiers(txn, resource_type, system, &identifiers).await?;
     let mut created = 0;
     for (identifier, resource) in resources {
-        if existing.contains(&identifier) {
+        if existing.contains(&identifier)
+            || !txn
+                .claim(format!("{resource_type}|{system}|{identifier}"))
+                .await
+        {
             continue;
         }
         repository::create_with_id(txn, resource, &new_id()).await?;
         created += 1;
     }
     Ok(created)
+}
+
+/// [`existing_identifiers`] in the writer's transaction, without sending its deferred
+/// rows first (the claims account for those).
+async fn committed_identifiers(
+    txn: &WriteTxn<'_>,
+    resource_type: &str,
+    system: &str,
+    identifiers: &[&str],
+) -> Result<HashSet<String>, Refused> {
+    let backend = sea_orm::ConnectionTrait::get_database_backend(txn);
+    let mut existing: HashSet<String> = HashSet::new();
+    for chunk in identifiers.chunks(500) {
+        let mut values: Vec<sea_orm::Value> = vec![resource_type.into(), system.into()];
+        values.extend(chunk.iter().map(|id| sea_orm::Value::from(*id)));
+        let sql = format!(
+            "SELECT code FROM search_token WHERE resource_type = ? AND param = 'identifier' \
+             AND system = ? AND code IN ({})",
+            vec!["?"; chunk.len()].join(", ")
+        );
+        for row in txn
+            .query_committed(statement(backend, &sql, values))
+            .await
+            .map_err(FhirError::from)?
+        {
+            existing.insert(row.try_get::<String>("", "code").map_err(FhirError::from)?);
+        }
+    }
+    Ok(existing)
 }
 
 /// Which of `identifiers` (in `system`) resources of the type have.

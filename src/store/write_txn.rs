@@ -57,12 +57,16 @@ struct State {
     pending: Vec<(&'static Table, Vec<Value>)>,
     scopes: Vec<Scope>,
     savepoints_made: u64,
+    /// Keys claimed by the jobs of this transaction.
+    claimed: std::collections::HashSet<String>,
 }
 
 struct Scope {
     /// `pending` rows before this index belong to the enclosing scopes.
     mark: usize,
     savepoint: Option<String>,
+    /// Keys claimed in this scope (see [`WriteTxn::claim`]), released if it is undone.
+    claims: Vec<String>,
 }
 
 impl<'a> WriteTxn<'a> {
@@ -143,6 +147,7 @@ impl<'a> WriteTxn<'a> {
         state.scopes.push(Scope {
             mark,
             savepoint: None,
+            claims: Vec::new(),
         });
     }
 
@@ -154,6 +159,12 @@ impl<'a> WriteTxn<'a> {
         };
         if !keep {
             state.pending.truncate(scope.mark);
+            for key in &scope.claims {
+                state.claimed.remove(key);
+            }
+        } else if let Some(outer) = state.scopes.last_mut() {
+            // Kept: the enclosing scope now answers for them.
+            outer.claims.extend(scope.claims);
         }
         if let Some(name) = scope.savepoint {
             if !keep {
@@ -166,6 +177,33 @@ impl<'a> WriteTxn<'a> {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Claims `key` for the running job: false when a job of this transaction claimed it
+    /// already (and was not undone). Lets a job recognise what another job of the same
+    /// transaction is about to write, among rows not sent to the database yet.
+    pub async fn claim(&self, key: String) -> bool {
+        let mut state = self.state.lock().await;
+        if !state.claimed.insert(key.clone()) {
+            return false;
+        }
+        if let Some(scope) = state.scopes.last_mut() {
+            scope.claims.push(key);
+        }
+        true
+    }
+
+    /// A read that does not send the deferred rows first, so the rows of many jobs still
+    /// travel together: it sees what was sent or committed, not what is pending (the
+    /// caller accounts for that, e.g. with [`WriteTxn::claim`]). On PostgreSQL, where a
+    /// failed statement outside a savepoint would abort the whole transaction, it is an
+    /// ordinary read.
+    pub async fn query_committed(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        if self.txn.get_database_backend() == DbBackend::Postgres {
+            return self.query_all_raw(stmt).await;
+        }
+        let _state = self.state.lock().await;
+        self.txn.query_all_raw(stmt).await
     }
 
     /// Sends every deferred row; used before the commit.

@@ -341,6 +341,20 @@ async fn a_message_sent_twice_is_stored_once_and_acknowledged_again() {
     assert_eq!(count["total"], 5);
     let devices = json_with_status(app.get("Device?_summary=count").await, 200).await;
     assert_eq!(devices["total"], 1);
+    // The same new reading from several connections at once (a gateway retrying on
+    // another connection): stored once, acknowledged on each.
+    let resent = GE_VITALS.replace("|||20230309143900\r", "|||20230309144000\r");
+    let sends: Vec<_> = (0..24).map(|_| send(&app, &resent)).collect();
+    for ack in futures::future::join_all(sends).await {
+        assert_eq!(ack.code, "AA", "{}", ack.text);
+    }
+    let count = json_with_status(
+        app.get(&format!("Observation?subject=Patient/{patient}&_summary=count"))
+            .await,
+        200,
+    )
+    .await;
+    assert_eq!(count["total"], 5 + 5);
 }
 
 #[tokio::test]
