@@ -46,6 +46,7 @@ impl Store {
         let bookkeeping = if db.get_database_backend() == DbBackend::Postgres {
             Some(crate::db::connect_bookkeeping(database_url).await?)
         } else {
+            start_checkpointer(database_url).await?;
             None
         };
         Ok(Store {
@@ -102,4 +103,29 @@ impl Store {
     ) -> FhirResult<HistoryPage> {
         versions::history(&self.db, scope, since, count, before_seq, visible).await
     }
+}
+
+/// SQLite: moves the WAL checkpoints off the writer. A commit that crosses the automatic
+/// checkpoint threshold copies the WAL into the database file itself, on the writer's
+/// connection, and every write queued behind it waits. A connection of its own
+/// checkpoints (passively: never waiting for readers or the writer) twice a second
+/// instead, on another core; the writer's own threshold is raised to a safety net (see
+/// `writer`).
+async fn start_checkpointer(database_url: &str) -> Result<(), sea_orm::DbErr> {
+    use sea_orm::ConnectionTrait;
+    let connection = crate::db::connect_pool(database_url, 1).await?;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(error) = connection
+                .execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)")
+                .await
+            {
+                tracing::debug!("WAL checkpoint: {error}");
+            }
+        }
+    });
+    Ok(())
 }

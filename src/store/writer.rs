@@ -68,6 +68,14 @@ impl Writer {
                 runtime.block_on(async move {
                     match crate::db::connect_pool(&url, 1).await {
                         Ok(db) => {
+                            if db.get_database_backend() == DbBackend::Sqlite {
+                                // Checkpoints run on a connection of their own (see
+                                // `store::start_checkpointer`); this is the safety net
+                                // should that fall behind (about 80 MB of WAL).
+                                let _ = db
+                                    .execute_unprepared("PRAGMA wal_autocheckpoint = 20000")
+                                    .await;
+                            }
                             let context = Context {
                                 db: db.clone(),
                                 subscriptions,
