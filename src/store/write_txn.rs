@@ -195,13 +195,10 @@ impl<'a> WriteTxn<'a> {
 
     /// A read that does not send the deferred rows first, so the rows of many jobs still
     /// travel together: it sees what was sent or committed, not what is pending (the
-    /// caller accounts for that, e.g. with [`WriteTxn::claim`]). On PostgreSQL, where a
-    /// failed statement outside a savepoint would abort the whole transaction, it is an
-    /// ordinary read.
+    /// caller accounts for that, e.g. with [`WriteTxn::claim`]). Meant for plain index
+    /// lookups: on PostgreSQL a statement that fails outside a savepoint aborts the whole
+    /// transaction (every job of the batch then fails and is answered so).
     pub async fn query_committed(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
-        if self.txn.get_database_backend() == DbBackend::Postgres {
-            return self.query_all_raw(stmt).await;
-        }
         let _state = self.state.lock().await;
         self.txn.query_all_raw(stmt).await
     }

@@ -349,8 +349,10 @@ async fn a_message_sent_twice_is_stored_once_and_acknowledged_again() {
         assert_eq!(ack.code, "AA", "{}", ack.text);
     }
     let count = json_with_status(
-        app.get(&format!("Observation?subject=Patient/{patient}&_summary=count"))
-            .await,
+        app.get(&format!(
+            "Observation?subject=Patient/{patient}&_summary=count"
+        ))
+        .await,
         200,
     )
     .await;
