@@ -50,6 +50,10 @@ pub fn parse(text: &str, zone: FixedOffset) -> Result<DeviceTime, String> {
     };
     let (digits, fraction) = match body.split_once('.') {
         Some((digits, fraction)) => (digits, Some(fraction)),
+        // Some monitors send milliseconds without the dot (`…143900123+0800`).
+        None if (15..=18).contains(&body.len()) && body.is_char_boundary(14) => {
+            (&body[..14], Some(&body[14..]))
+        }
         None => (body, None),
     };
     let bad = || format!("{text:?} is not an HL7 time (YYYYMMDDHHMMSS[.SSSS][+ZZZZ])");
@@ -137,9 +141,10 @@ mod tests {
             parse("20150118143000+0000", utc()).unwrap().text,
             "2015-01-18T14:30:00Z"
         );
-        assert!(
-            parse("20260124131539000+0800", utc()).is_err(),
-            "17 digits is not a DTM"
+        assert_eq!(
+            parse("20260124131539000+0800", utc()).unwrap().text,
+            "2026-01-24T13:15:39.000+08:00",
+            "milliseconds without the dot"
         );
         assert_eq!(
             parse("20191206113415.1234+0530", utc()).unwrap().text,
