@@ -445,6 +445,48 @@ async fn a_personal_health_gateway_reports_its_cuff_as_the_device() {
 }
 
 #[tokio::test]
+async fn text_and_coded_values_are_kept_as_such() {
+    let app = spawn_monitor_app(false).await;
+    let patient = a_patient(&app, "http://hospital.example/mrn", "3499999").await;
+    let message = GE_VITALS.replace("|0040971443EC|", "|TEXT-1|")
+        + "OBX|9|ST|184327^MDC_ECG_STAT_RHY^MDC|1.5.1.2|Sinus \\T\\ regular||||||R|||||||080019FFFE1443EC^B40_GE\r\
+           OBX|10|CWE|184330^MDC_ECG_PACED_BEAT^MDC|1.5.1.3|8454267^MDC_EVT_ECG_PACED^MDC||||||F|||||||080019FFFE1443EC^B40_GE\r\
+           ZGE|1|vendor segment kept out of the way\r";
+    let ack = send(&app, &message).await;
+    assert_eq!(ack.code, "AA", "{}", ack.text);
+    let rhythm = search(
+        &app,
+        &format!("Observation?subject=Patient/{patient}&code=urn:iso:std:iso:11073:10101|184327"),
+    )
+    .await;
+    assert_eq!(rhythm.len(), 1);
+    assert_eq!(
+        rhythm[0]["valueString"], "Sinus & regular",
+        "escapes decoded"
+    );
+    let paced = search(
+        &app,
+        &format!("Observation?subject=Patient/{patient}&code=urn:iso:std:iso:11073:10101|184330"),
+    )
+    .await;
+    assert_eq!(paced.len(), 1);
+    assert_eq!(paced[0]["status"], "final");
+    assert_eq!(
+        paced[0]["valueCodeableConcept"]["coding"][0]["code"],
+        "8454267"
+    );
+    assert_eq!(
+        paced[0]["valueCodeableConcept"]["coding"][0]["system"],
+        "urn:iso:std:iso:11073:10101"
+    );
+    // A malformed segment makes the message unreadable: rejected, kept.
+    let broken = GE_VITALS.replace("|0040971443EC|", "|BROKEN-1|") + "obx|11|NM\r";
+    let ack = send(&app, &broken).await;
+    assert_eq!(ack.code, "AR", "{}", ack.text);
+    assert_eq!(ack.control_id, "BROKEN-1", "named even so");
+}
+
+#[tokio::test]
 async fn waveforms_become_sampled_data() {
     let app = spawn_monitor_app(false).await;
     let patient = a_patient(&app, "http://hospital.example/mrn", "3499999").await;
