@@ -20,4 +20,5 @@ pub mod mllp_listener;
 pub mod mqtt;
 pub mod pcd01;
 pub mod reading;
+pub mod serial;
 pub mod template;
