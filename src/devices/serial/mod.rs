@@ -1,6 +1,7 @@
 //! Serial instruments: the line protocols of bedside devices read from an RS-232 port,
 //! each turned into readings (and what the device says of its own state). Pure parsers;
 //! the port handling lives with the agent.
+pub mod astm;
 pub mod masimo;
 pub mod nonin;
 
