@@ -3,6 +3,7 @@
 //! Data flows one way: device adapters and REST clients hand resources to [`store`]
 //! (validate, version, index in one transaction), [`api`] serves them over FHIR REST.
 
+pub mod agent;
 pub mod api;
 pub mod auth;
 pub mod config;

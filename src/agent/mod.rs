@@ -1,0 +1,3 @@
+//! The edge agent (`fhirgate agent`), which runs next to devices and uploads what they
+//! measure to a fhirgate server. So far: its store-and-forward queue ([`queue`]).
+pub mod queue;
