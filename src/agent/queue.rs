@@ -73,7 +73,7 @@ impl Queue {
             .unwrap_or(0))
     }
 
-    pub async fn len(&self) -> Result<i64, QueueError> {
+    pub async fn count(&self) -> Result<i64, QueueError> {
         let row = self
             .db
             .query_one_raw(self.statement("SELECT COUNT(*) AS n FROM queue", vec![]))
@@ -199,7 +199,7 @@ mod tests {
         let due = queue.due(10).await.unwrap();
         assert_eq!(due.iter().map(|i| i.seq).collect::<Vec<_>>(), vec![second]);
         queue.confirmed(&[second]).await.unwrap();
-        assert_eq!(queue.len().await.unwrap(), 1, "the failed one waits");
+        assert_eq!(queue.count().await.unwrap(), 1, "the failed one waits");
     }
 
     #[tokio::test]
@@ -214,7 +214,7 @@ mod tests {
             queue.push("masimo", &payload).await,
             Err(QueueError::Full { .. })
         ));
-        assert_eq!(queue.len().await.unwrap(), 2);
+        assert_eq!(queue.count().await.unwrap(), 2);
         assert_eq!(queue.used_bytes().await.unwrap(), size * 2);
     }
 }
