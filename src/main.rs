@@ -29,6 +29,13 @@ enum Command {
         #[arg(long, env = "FHIRGATE_DATABASE_URL", default_value = fhirgate::config::DEFAULT_DATABASE_URL)]
         database_url: String,
     },
+    /// Run the edge agent next to devices: read their ports and folders, queue what they
+    /// measure, and upload it to a fhirgate server.
+    Agent {
+        /// The agent's configuration (server, queue, [auth], [[source]]).
+        #[arg(long, env = "FHIRGATE_AGENT_CONFIG")]
+        config: std::path::PathBuf,
+    },
     /// Print the OpenAPI document (the content of openapi/openapi.json).
     Openapi,
     /// Register SMART backend-services clients.
@@ -111,6 +118,10 @@ async fn run(command: Command) -> Result<(), String> {
             let server = server::start(config).await.map_err(|e| e.to_string())?;
             tracing::info!("fhirgate listening on {}", server.base_url());
             server.run_until_signal().await.map_err(|e| e.to_string())
+        }
+        Command::Agent { config } => {
+            let config = fhirgate::agent::config::AgentConfig::load(&config)?;
+            fhirgate::agent::run(config).await
         }
         Command::Migrate { database_url } => {
             let connection = db::connect(&database_url)

@@ -8,6 +8,7 @@
 //!
 //! [auth]                              # optional: SMART backend services
 //! client_id = "ward-7-gateway"
+//! kid = "gateway-key-1"               # the key's id in the client's registered JWKS
 //! private_key = "/etc/fhirgate-agent/key.pem"
 //! token_url = "https://fhir.hospital.example/auth/token"
 //!
@@ -39,6 +40,8 @@ pub struct AgentConfig {
     /// The store-and-forward queue file.
     pub queue: PathBuf,
     pub max_queue_bytes: Option<i64>,
+    /// How often the state of each device is sent to the server, in seconds [default: 30].
+    pub heartbeat_seconds: Option<u64>,
     pub auth: Option<AuthConfig>,
     #[serde(rename = "source", default)]
     pub sources: Vec<SourceConfig>,
@@ -48,6 +51,8 @@ pub struct AgentConfig {
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     pub client_id: String,
+    /// The `kid` of the key in the JWKS registered for the client.
+    pub kid: String,
     /// The PEM private key the client's assertions are signed with.
     pub private_key: PathBuf,
     pub token_url: String,
@@ -185,6 +190,7 @@ mod tests {
 
         [auth]
         client_id = "ward-7-gateway"
+        kid = "k1"
         private_key = "/etc/fhirgate-agent/key.pem"
         token_url = "https://fhir.hospital.example/auth/token"
 

@@ -20,7 +20,19 @@ const INTERPRETATION_SYSTEM: &str =
     "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation";
 const DATA_ABSENT_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/data-absent-reason";
 
-/// The resolved references of one message.
+/// A reference to `id`: a logical id of this server (`Patient/123`), or, as the agent
+/// builds transaction Bundles, a reference already (`urn:uuid:…`, a conditional
+/// `Patient?identifier=…`). Logical ids never hold `/`, `:` or `?`, so the two are told
+/// apart by those.
+fn reference(resource_type: &str, id: &str) -> String {
+    if id.contains(['/', ':', '?']) {
+        id.to_string()
+    } else {
+        format!("{resource_type}/{id}")
+    }
+}
+
+/// The resolved references of one message: logical ids, or references (see [`reference`]).
 pub struct Resolved<'a> {
     pub patient: Option<&'a str>,
     /// Device key → (logical id, identifier).
@@ -70,7 +82,7 @@ pub fn observation(reading: &Reading, resolved: &Resolved) -> Json {
     if let Some(patient) = resolved.patient {
         resource.insert(
             "subject".into(),
-            json!({"reference": format!("Patient/{patient}")}),
+            json!({"reference": reference("Patient", patient)}),
         );
     }
     if let Some(time) = &reading.time {
@@ -87,7 +99,7 @@ pub fn observation(reading: &Reading, resolved: &Resolved) -> Json {
     if let Some((id, _)) = device {
         resource.insert(
             "device".into(),
-            json!({"reference": format!("Device/{id}")}),
+            json!({"reference": reference("Device", id)}),
         );
     }
     if !reading.components.is_empty() {
@@ -348,10 +360,10 @@ pub fn device(info: &DeviceInfo, patient: Option<&str>, parent: Option<&str>) ->
         resource["type"] = code;
     }
     if let Some(patient) = patient {
-        resource["patient"] = json!({"reference": format!("Patient/{patient}")});
+        resource["patient"] = json!({"reference": reference("Patient", patient)});
     }
     if let Some(parent) = parent {
-        resource["parent"] = json!({"reference": format!("Device/{parent}")});
+        resource["parent"] = json!({"reference": reference("Device", parent)});
     }
     resource
 }
@@ -372,7 +384,7 @@ pub fn device_metric(reading: &Reading, device_id: &str, device: &DeviceId) -> J
         "resourceType": "DeviceMetric",
         "identifier": [{"system": METRIC_ID_SYSTEM, "value": metric_identifier(reading, device)}],
         "type": describe(&reading.code, !reading.components.is_empty()).0,
-        "source": {"reference": format!("Device/{device_id}")},
+        "source": {"reference": reference("Device", device_id)},
         "operationalStatus": "on",
         "category": "measurement",
     });
