@@ -92,6 +92,10 @@ pub struct ServeArgs {
     /// refused, e.g. `5m` [default: 5m].
     #[arg(long, env = "FHIRGATE_DEVICE_FUTURE_TOLERANCE")]
     pub device_future_tolerance: Option<String>,
+    /// A device that sent heartbeats and then fell silent this long is marked offline
+    /// (`Device.status` inactive, reason `offline`), e.g. `2m` [default: 5m].
+    #[arg(long, env = "FHIRGATE_DEVICE_OFFLINE_AFTER")]
+    pub device_offline_after: Option<String>,
     /// MQTT topics are `<prefix>/<template>[/…]` [default: fhirgate/ingest].
     #[arg(long, env = "FHIRGATE_MQTT_TOPIC_PREFIX")]
     pub mqtt_topic_prefix: Option<String>,
@@ -135,6 +139,8 @@ struct FileSettings {
     device_time_zone: Option<String>,
     #[serde(alias = "device-future-tolerance")]
     device_future_tolerance: Option<String>,
+    #[serde(alias = "device-offline-after")]
+    device_offline_after: Option<String>,
     #[serde(alias = "mqtt-topic-prefix")]
     mqtt_topic_prefix: Option<String>,
     #[serde(alias = "device-templates")]
@@ -162,6 +168,8 @@ pub struct ServeConfig {
     /// The offset of device times sent without one.
     pub device_time_zone: chrono::FixedOffset,
     pub device_future_tolerance: Duration,
+    /// Silence after which a device that sends heartbeats is offline.
+    pub device_offline_after: Duration,
     pub mqtt_topic_prefix: String,
     pub device_templates: Option<PathBuf>,
 }
@@ -179,6 +187,7 @@ pub const DEFAULT_DELIVERY_LEASE: Duration = Duration::from_secs(30);
 pub const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_MQTT_TOPIC_PREFIX: &str = "fhirgate/ingest";
 pub const DEFAULT_DEVICE_FUTURE_TOLERANCE: Duration = Duration::from_secs(5 * 60);
+pub const DEFAULT_DEVICE_OFFLINE_AFTER: Duration = Duration::from_secs(5 * 60);
 
 /// A duration such as `3d`, `12h`, `15m`, `90s` or `500ms`.
 pub fn parse_duration(text: &str) -> Option<Duration> {
@@ -250,6 +259,7 @@ impl ServeConfig {
             device_create_patients: false,
             device_time_zone: chrono::FixedOffset::east_opt(0).expect("UTC"),
             device_future_tolerance: DEFAULT_DEVICE_FUTURE_TOLERANCE,
+            device_offline_after: DEFAULT_DEVICE_OFFLINE_AFTER,
             mqtt_topic_prefix: DEFAULT_MQTT_TOPIC_PREFIX.into(),
             device_templates: None,
         }
@@ -345,6 +355,11 @@ impl ServeConfig {
                 args.device_future_tolerance
                     .or(file.device_future_tolerance),
                 DEFAULT_DEVICE_FUTURE_TOLERANCE,
+            )?,
+            device_offline_after: duration_setting(
+                "device-offline-after",
+                args.device_offline_after.or(file.device_offline_after),
+                DEFAULT_DEVICE_OFFLINE_AFTER,
             )?,
             mqtt_topic_prefix: args
                 .mqtt_topic_prefix

@@ -28,6 +28,8 @@ pub struct RunningServer {
     delivery: Option<DeliveryHandle>,
     mllp: Option<crate::devices::mllp_listener::MllpListener>,
     mqtt: Option<crate::devices::mqtt::MqttSubscriber>,
+    /// The watch for silent devices, and how to stop it.
+    offline_watch: Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>,
 }
 
 impl RunningServer {
@@ -44,6 +46,10 @@ impl RunningServer {
         }
         if let Some(mqtt) = self.mqtt.take() {
             mqtt.stop().await;
+        }
+        if let Some((stop, task)) = self.offline_watch.take() {
+            let _ = stop.send(true);
+            let _ = task.await;
         }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -63,6 +69,10 @@ impl RunningServer {
         }
         if let Some(mqtt) = self.mqtt.take() {
             mqtt.stop().await;
+        }
+        if let Some((stop, task)) = self.offline_watch.take() {
+            let _ = stop.send(true);
+            let _ = task.await;
         }
         if let Some(delivery) = self.delivery.take() {
             delivery.abandon();
@@ -188,6 +198,9 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, StartError> {
         }
         None => None,
     };
+    let (stop_offline_watch, offline_stopped) = tokio::sync::watch::channel(false);
+    let offline_watch =
+        crate::devices::offline::start(store.clone(), config.device_offline_after, offline_stopped);
     let auditor = crate::auth::audit::Auditor::start(store.clone());
     let state = AppState {
         store,
@@ -223,6 +236,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, StartError> {
         delivery: Some(delivery),
         mllp,
         mqtt,
+        offline_watch: Some((stop_offline_watch, offline_watch)),
     })
 }
 

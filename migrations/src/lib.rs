@@ -16,6 +16,7 @@ mod m20261124_000008_auth;
 mod m20261124_000009_audit;
 mod m20261124_000010_subscription_owner;
 mod m20261124_000011_device_dead_letters;
+mod m20261124_000012_device_presence;
 
 pub struct Migrator;
 
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000009_audit::Migration),
             Box::new(m20261124_000010_subscription_owner::Migration),
             Box::new(m20261124_000011_device_dead_letters::Migration),
+            Box::new(m20261124_000012_device_presence::Migration),
         ]
     }
 }

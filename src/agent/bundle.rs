@@ -15,10 +15,7 @@ use uuid::Uuid;
 use crate::devices::mapping::{self, Resolved, METRIC_ID_SYSTEM, OBSERVATION_ID_SYSTEM};
 use crate::devices::reading::{DeviceId, DeviceInfo, DeviceMessage, PatientRef};
 
-/// The identifier system of the faults the agent records (DetectedIssue).
-pub const FAULT_ID_SYSTEM: &str = "http://fhirgate.dev/fhir/identifier/device-fault";
-/// The codes of device faults.
-pub const FAULT_CODE_SYSTEM: &str = "http://fhirgate.dev/fhir/CodeSystem/device-fault";
+pub use crate::devices::mapping::{FAULT_CODE_SYSTEM, FAULT_ID_SYSTEM};
 
 /// The same `fullUrl` for the same resource, from whichever message or agent.
 fn full_url(resource_type: &str, system: &str, value: &str) -> String {

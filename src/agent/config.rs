@@ -56,7 +56,8 @@ pub struct AuthConfig {
     /// The PEM private key the client's assertions are signed with.
     pub private_key: PathBuf,
     pub token_url: String,
-    /// Scopes to ask for [default: system/Observation.cru system/Device.cru].
+    /// Scopes to ask for [default: `credentials::DEFAULT_SCOPE`, writing and searching
+    /// Observation, Device, DeviceMetric, DetectedIssue, ImagingStudy; reading Patient].
     pub scope: Option<String>,
 }
 

@@ -64,8 +64,11 @@ pub fn needs(method: &Method, segments: &[&str]) -> Needs {
         {
             access("Subscription", Permission::Read)
         }
+        // A device's state is written to its Device (created when unknown).
+        ["Device", "$heartbeat"] => access("Device", Permission::Update),
         [t, op] if op.starts_with('$') => access(t, Permission::Search),
         [t, _id, "$validate"] => access(t, Permission::Update),
+        [t, _id, op] if op.starts_with('$') => access(t, Permission::Read),
         [t, _id] if *method == Method::GET => access(t, Permission::Read),
         [t, _id] => write(t),
         [t, _id, "_history", ..] => access(t, Permission::Read),

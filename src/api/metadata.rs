@@ -96,6 +96,15 @@ pub fn capability_statement() -> Json {
                     "definition": "http://hl7.org/fhir/OperationDefinition/Observation-stats"
                 }));
             }
+            if resource_type.as_str() == "Device" {
+                // Device health (see the OpenAPI document for their parameters).
+                for name in ["heartbeat", "health"] {
+                    operations.push(json!({
+                        "name": name,
+                        "definition": format!("http://fhirgate.dev/fhir/OperationDefinition/Device-{name}")
+                    }));
+                }
+            }
             let mut extensions = Vec::new();
             if resource_type.as_str() == "Subscription" {
                 // Backport IG: the topics a client may subscribe to, and its operations.

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod authenticate;
 pub mod bundle;
 pub mod crud;
+pub mod device_health;
 pub mod devices;
 pub mod extract;
 pub mod history;
@@ -92,6 +93,9 @@ pub fn fhir_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(devices::get_dead_letter))
         .routes(routes!(devices::replay_dead_letter))
         .routes(routes!(devices::ingest))
+        .routes(routes!(device_health::heartbeat))
+        .routes(routes!(device_health::fleet_health))
+        .routes(routes!(device_health::device_health))
 }
 
 /// 404 for a resource type this server does not know.

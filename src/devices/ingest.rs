@@ -167,7 +167,9 @@ async fn store_in(
     message: &DeviceMessage,
 ) -> Result<Stored, Refused> {
     let caller = txn.caller();
-    let searching = Sight::of(&caller, Permission::Search);
+    // The server identifies the message's patient and devices itself: what the caller may
+    // read is what it may be matched against (a watch's token reads its own patient).
+    let searching = Sight::of(&caller, Permission::Read);
     let patient = match &message.patient {
         Some(reference) => Some(find_patient(txn, settings, reference, searching).await?),
         None => None,
@@ -513,7 +515,7 @@ async fn prepare(
     caller: Option<Arc<dyn Access>>,
 ) -> Result<Option<Prepared>, Refused> {
     let conn = store.connection();
-    let searching = Sight::of(&caller, Permission::Search);
+    let searching = Sight::of(&caller, Permission::Read);
     let patient = match &message.patient {
         Some(PatientRef::Id(_)) | None => return Ok(None),
         Some(PatientRef::Identifier { system, value }) => {

@@ -15,6 +15,11 @@ use super::reading::{Coding, DeviceId, DeviceInfo, Reading, Status, Unit, Value}
 pub const OBSERVATION_ID_SYSTEM: &str = "http://fhirgate.dev/fhir/identifier/device-observation";
 /// The identifier system of DeviceMetrics (a device's channel).
 pub const METRIC_ID_SYSTEM: &str = "http://fhirgate.dev/fhir/identifier/device-metric";
+/// The identifier system of device faults (DetectedIssue): from the agent, and the
+/// server's own "device offline".
+pub const FAULT_ID_SYSTEM: &str = "http://fhirgate.dev/fhir/identifier/device-fault";
+/// The codes of device faults (`hw-discon`, `checksum-storm`, `offline`…).
+pub const FAULT_CODE_SYSTEM: &str = "http://fhirgate.dev/fhir/CodeSystem/device-fault";
 const CATEGORY_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/observation-category";
 const INTERPRETATION_SYSTEM: &str =
     "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation";

@@ -5,10 +5,13 @@
 //! transaction per message through the repository) are shared. HL7 v2 from monitors
 //! arrives over MLLP ([`mllp_listener`], [`mllp`] framing, [`hl7`] parsing, [`pcd01`]
 //! interpretation, [`ack`]); messages that cannot be stored are kept as
-//! [`dead_letters`] and can be replayed.
+//! [`dead_letters`] and can be replayed. Devices that report their state (the edge
+//! agent's heartbeats) are followed by [`health`], and marked offline by [`offline`] when
+//! they fall silent.
 pub mod ack;
 pub mod codes;
 pub mod dead_letters;
+pub mod health;
 pub mod hl7;
 pub mod hl7_pipeline;
 pub mod hl7time;
@@ -18,6 +21,7 @@ pub mod mapping;
 pub mod mllp;
 pub mod mllp_listener;
 pub mod mqtt;
+pub mod offline;
 pub mod pcd01;
 pub mod reading;
 pub mod serial;

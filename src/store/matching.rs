@@ -18,7 +18,8 @@ pub struct Match {
 /// query string such as `identifier=http://acme.org/mrn|123` (a leading `?` or
 /// `Type?` is allowed).
 /// Only what `sight` sees is found: a caller with limited access matches (and so creates,
-/// updates or deletes conditionally) as if it ran the search itself.
+/// updates or deletes conditionally) as if it ran the search itself; a caller that may
+/// not search the type at all is refused (403).
 pub async fn find_matches(
     conn: &impl ConnectionTrait,
     resource_type: &str,
@@ -46,7 +47,19 @@ pub async fn find_matches(
     match sight.visible(resource_type, 0) {
         Visible::All => {}
         Visible::Where(visible) => conditions.push(visible),
-        Visible::Nothing => return Ok(Vec::new()),
+        // Matching nothing would make a conditional create a duplicate every time: a
+        // conditional interaction needs the right to search the type, as SMART says.
+        Visible::Nothing => {
+            return Err(FhirError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                crate::fhir::outcome::IssueCode::Forbidden,
+                format!(
+                    "the conditional criteria {criteria:?} need search access to {resource_type}, \
+                     which the token does not grant (add the scope's s, e.g. \
+                     system/{resource_type}.crus)"
+                ),
+            ))
+        }
     }
     let (filter_sql, filter_values) = conjunction(conditions);
     sql.push_str(&filter_sql);

@@ -14,6 +14,8 @@ pub struct ClientKey {
     pub alg: Algorithm,
     pub encoding: EncodingKey,
     pub jwk: Value,
+    /// The private key as PKCS#8 PEM (what an agent's `private_key` file holds).
+    pub pem: String,
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -33,6 +35,7 @@ pub fn rsa_key(kid: &str) -> ClientKey {
             "kty": "RSA", "kid": kid, "alg": "RS384", "use": "sig",
             "n": b64(&private.n().to_bytes_be()), "e": b64(&private.e().to_bytes_be())
         }),
+        pem: pem.to_string(),
     }
 }
 
@@ -50,6 +53,7 @@ pub fn ec_key(kid: &str) -> ClientKey {
             "kty": "EC", "crv": "P-384", "kid": kid, "alg": "ES384", "use": "sig",
             "x": b64(point.x().unwrap()), "y": b64(point.y().unwrap())
         }),
+        pem: pem.to_string(),
     }
 }
 

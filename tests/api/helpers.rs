@@ -145,6 +145,22 @@ impl TestApp {
         self.renew_token().await;
     }
 
+    /// Starts the server again (after `crash`) on the address it had, as an operator
+    /// restarting it would: clients configured with its URL reach it again.
+    pub async fn start_again_at_same_address(&mut self) {
+        let address = self
+            .base
+            .trim_start_matches("http://")
+            .trim_end_matches("/fhir")
+            .to_string();
+        let mut config = self.config.clone();
+        config.listen = address;
+        let server = server::start(config).await.expect("server starts again");
+        self.base = server.base_url();
+        self.server = Some(server);
+        self.renew_token().await;
+    }
+
     /// Starts another server instance on the same database and configuration.
     pub async fn another_instance(&self) -> RunningServer {
         server::start(self.config.clone())

@@ -34,6 +34,11 @@ pub fn line_time(clock: Option<&str>, received: DateTime<FixedOffset>) -> String
                 .and_local_timezone(*received.offset())
                 .single()
         })
+        // A clock time well past the time received was printed before midnight.
+        .map(|t| match t > received + chrono::Duration::hours(1) {
+            true => t - chrono::Duration::days(1),
+            false => t,
+        })
         .unwrap_or(received);
     time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
@@ -90,4 +95,23 @@ pub fn number(text: &str) -> Option<String> {
     // Keep the decimals the device printed.
     let decimals = text.split_once('.').map_or(0, |(_, d)| d.len());
     Some(format!("{value:.decimals$}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_times_before_midnight_are_yesterday() {
+        let received = DateTime::parse_from_rfc3339("2026-11-24T00:00:30+01:00").unwrap();
+        assert_eq!(
+            line_time(Some("23:59:40"), received),
+            "2026-11-23T23:59:40+01:00"
+        );
+        assert_eq!(
+            line_time(Some("00:00:29"), received),
+            "2026-11-24T00:00:29+01:00"
+        );
+        assert_eq!(line_time(None, received), "2026-11-24T00:00:30+01:00");
+    }
 }
