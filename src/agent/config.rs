@@ -262,4 +262,18 @@ mod tests {
             }
         );
     }
+
+    #[test]
+    fn the_readme_example_is_a_valid_configuration() {
+        // The operator copies it: it must stay true.
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("# agent.toml\n")
+            .expect("README has the agent.toml example");
+        let example = &readme[start..];
+        let example = &example[..example.find("```").expect("end of the example")];
+        let config = AgentConfig::parse(example).unwrap();
+        assert_eq!(config.sources.len(), 5);
+        assert!(config.auth.is_some());
+    }
 }
