@@ -1039,3 +1039,36 @@ async fn a_killed_server_process_is_taken_over_by_another() {
     let _ = second.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn device_heartbeats_notify_the_device_status_topic_only_on_a_change() {
+    let app = spawn_delivering_app().await;
+    let maintenance = Receiver::start().await;
+    let id = subscribe(
+        &app,
+        &subscription(&maintenance.url, "device-status", &[], "full-resource"),
+    )
+    .await;
+    wait_for_status(&app, &id, "active", 10).await;
+    let heartbeat = |status: &str| {
+        json!({"resourceType": "Parameters", "parameter": [
+            {"name": "device", "resource": {"resourceType": "Device",
+                "identifier": [{"system": "urn:fhirgate:device-serial", "value": "PUMP-9"}]}},
+            {"name": "status", "valueCode": status},
+        ]})
+    };
+    for status in ["online", "online", "online", "hw-discon", "hw-discon"] {
+        json_with_status(app.post("Device/$heartbeat", &heartbeat(status)).await, 200).await;
+    }
+    let received = maintenance
+        .wait_until(10, |r| delivered_numbers(r).len() >= 2)
+        .await;
+    let reasons: Vec<Value> = event_notifications(&received)
+        .iter()
+        .flat_map(|n| n.body["entry"].as_array().unwrap()[1..].to_vec())
+        .map(|e| e["resource"]["statusReason"][0]["coding"][0]["code"].clone())
+        .collect();
+    assert_eq!(reasons, vec![json!("online"), json!("hw-discon")]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(delivered_numbers(&maintenance.received()), vec![1, 2]);
+}
