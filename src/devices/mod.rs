@@ -9,6 +9,7 @@
 pub mod ack;
 pub mod codes;
 pub mod dead_letters;
+pub mod dicom;
 pub mod hl7;
 pub mod hl7_pipeline;
 pub mod hl7time;
