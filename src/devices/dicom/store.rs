@@ -191,8 +191,13 @@ async fn store_in(
     settings: Settings,
     instance: &Instance,
 ) -> FhirResult<Stored> {
-    let caller = txn.caller();
-    let searching = Sight::of(&caller, Permission::Search);
+    // Finding what the instance names (its patient, device, study, Observations) is the
+    // server's own lookup, not the caller's search: an uploader allowed to create and
+    // update but not to search (the agent's `system/ImagingStudy.cru`) must find the
+    // study it adds to, or it would start a duplicate. What the job then writes is
+    // checked against the caller's access as every write is (403 for a study or patient
+    // that is not the caller's to change).
+    let searching = Sight::of(&None, Permission::Search);
     let (patient, patient_created) = find_or_create_patient(txn, instance, searching).await?;
     let (device, device_created) = match mapping::device(instance) {
         Some(content) => {
