@@ -681,10 +681,10 @@ async fn the_same_instance_twice_stores_nothing_new() {
     let app = spawn_dicom_app().await;
     let study = Study::new();
     let image = ct_image(&study, 2, 1, 12.5);
-    send_all(&app, &[image.clone()]).await;
+    send_all(&app, std::slice::from_ref(&image)).await;
     let before = the_study(&app, &study).await;
     assert_eq!(before["meta"]["versionId"], "1");
-    send_all(&app, &[image.clone()]).await;
+    send_all(&app, std::slice::from_ref(&image)).await;
     // And once more through HTTP, as the agent would.
     let answer = json_with_status(
         dicom_post(&app, part10(&image), "application/dicom")

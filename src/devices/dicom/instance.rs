@@ -998,6 +998,50 @@ mod tests {
     }
 
     #[test]
+    fn other_transfer_syntaxes_read_the_same() {
+        let reference = read_part10(&part10(
+            ct_image("1.2.3.1", SERIES, 7),
+            uids::EXPLICIT_VR_LITTLE_ENDIAN,
+        ))
+        .unwrap();
+        for ts in [
+            uids::EXPLICIT_VR_BIG_ENDIAN,
+            uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+        ] {
+            let instance = read_part10(&part10(ct_image("1.2.3.1", SERIES, 7), ts))
+                .unwrap_or_else(|e| panic!("{ts}: {e}"));
+            assert_eq!(instance.transfer_syntax, ts);
+            assert_eq!(
+                Instance {
+                    transfer_syntax: String::new(),
+                    ..instance
+                },
+                Instance {
+                    transfer_syntax: String::new(),
+                    ..reference.clone()
+                },
+                "{ts}"
+            );
+        }
+        // JPEG Baseline: encapsulated pixel data this server has no codec for, and needs
+        // none (it reads the attributes, then strips the fragments).
+        let mut compressed = ct_image("1.2.3.1", SERIES, 7);
+        compressed.put(dicom_core::DataElement::new(
+            dicom_dictionary_std::tags::PIXEL_DATA,
+            dicom_core::VR::OB,
+            dicom_core::value::PixelFragmentSequence::new_fragments(vec![vec![
+                0xFF, 0xD8, 0xFF, 0xD9,
+            ]]),
+        ));
+        let bytes = part10(compressed, uids::JPEG_BASELINE8_BIT);
+        let instance = read_part10(&bytes).unwrap();
+        assert_eq!(instance.sop_instance_uid, "1.2.3.1");
+        let stripped = strip_pixel_data(&bytes).unwrap();
+        assert!(stripped.len() < bytes.len());
+        assert_eq!(read_part10(&stripped).unwrap(), instance);
+    }
+
+    #[test]
     fn decimals_keep_their_text_when_fhir_allows_it() {
         assert_eq!(decimal("12.50").as_deref(), Some("12.50"));
         assert_eq!(decimal(" 8.2 ").as_deref(), Some("8.2"));

@@ -495,10 +495,10 @@ pub fn merge(existing: Option<&Json>, instance: &Instance, refs: &Refs, zone: Fi
             {
                 list.push(instance_entry(instance));
             }
-            list.sort_by(|a, b| order(a).cmp(&order(b)));
+            list.sort_by_key(order);
         }
     }
-    series_list.sort_by(|a, b| order(a).cmp(&order(b)));
+    series_list.sort_by_key(order);
     // Counts and modalities from what the study now holds.
     let mut total = 0;
     let mut modalities: Vec<Json> = Vec::new();
