@@ -808,12 +808,65 @@ async fn bad_instances_get_a_failure_status_a_detected_issue_and_the_scp_goes_on
 }
 
 #[tokio::test]
-async fn a_peer_that_aborts_its_association_leaves_a_detected_issue() {
+async fn a_peer_that_aborts_in_the_middle_of_an_instance_leaves_a_detected_issue() {
     let app = spawn_dicom_app().await;
     let study = Study::new();
+    // An association that simply aborts after its instances lost nothing.
     let mut association = connect(&app, "FHIRGATE").await.expect("accepted");
     let (status, _) = c_store(&mut association, &ct_image(&study, 2, 1, 12.5)).await;
     assert_eq!(status, 0x0000);
+    association.abort().await.unwrap();
+    // One that aborts with an instance half sent lost it.
+    let mut association = connect(&app, "FHIRGATE").await.expect("accepted");
+    let (status, _) = c_store(&mut association, &ct_image(&study, 2, 2, 12.5)).await;
+    assert_eq!(status, 0x0000);
+    let cut_off = study.instance(2, 3);
+    let (context, _) = context_of(&association, uids::CT_IMAGE_STORAGE);
+    association
+        .send(&Pdu::PData {
+            data: vec![PDataValue {
+                presentation_context_id: context,
+                value_type: PDataValueType::Command,
+                is_last: true,
+                data: command(vec![
+                    DataElement::new(
+                        tags::AFFECTED_SOP_CLASS_UID,
+                        VR::UI,
+                        PrimitiveValue::from(uids::CT_IMAGE_STORAGE),
+                    ),
+                    DataElement::new(
+                        tags::COMMAND_FIELD,
+                        VR::US,
+                        PrimitiveValue::from(0x0001_u16),
+                    ),
+                    DataElement::new(tags::MESSAGE_ID, VR::US, PrimitiveValue::from(9_u16)),
+                    DataElement::new(tags::PRIORITY, VR::US, PrimitiveValue::from(0_u16)),
+                    DataElement::new(
+                        tags::COMMAND_DATA_SET_TYPE,
+                        VR::US,
+                        PrimitiveValue::from(0x0000_u16),
+                    ),
+                    DataElement::new(
+                        tags::AFFECTED_SOP_INSTANCE_UID,
+                        VR::UI,
+                        PrimitiveValue::from(cut_off.as_str()),
+                    ),
+                ]),
+            }],
+        })
+        .await
+        .unwrap();
+    association
+        .send(&Pdu::PData {
+            data: vec![PDataValue {
+                presentation_context_id: context,
+                value_type: PDataValueType::Data,
+                is_last: false,
+                data: vec![0x08, 0x00, 0x05, 0x00],
+            }],
+        })
+        .await
+        .unwrap();
     association.abort().await.unwrap();
     let device = search(
         &app,
@@ -826,7 +879,7 @@ async fn a_peer_that_aborts_its_association_leaves_a_detected_issue() {
         .as_str()
         .unwrap()
         .to_string();
-    // Recorded after the association ends, asynchronously.
+    // Recorded once the association has ended, asynchronously.
     let mut issues = Vec::new();
     for _ in 0..50 {
         issues = search(&app, &format!("DetectedIssue?implicated=Device/{device}")).await;
@@ -840,8 +893,14 @@ async fn a_peer_that_aborts_its_association_leaves_a_detected_issue() {
         issues[0]["code"]["coding"][0]["code"],
         "dicom-association-aborted"
     );
+    assert!(
+        issues[0]["detail"].as_str().unwrap().contains(&cut_off),
+        "{:#}",
+        issues[0]
+    );
     // The server keeps serving.
-    send_all(&app, &[ct_image(&study, 2, 2, 12.5)]).await;
+    send_all(&app, &[ct_image(&study, 2, 3, 12.5)]).await;
+    assert_eq!(the_study(&app, &study).await["numberOfInstances"], 3);
 }
 
 #[tokio::test]

@@ -236,11 +236,13 @@ async fn association(
                 return;
             }
             Ok(Pdu::AbortRQ { source }) => {
-                tracing::warn!(
+                // Some modalities end every association with an abort rather than a
+                // release: only an instance cut off is a fault.
+                tracing::info!(
                     "DICOM association from {} ({peer}) aborted by the peer: {source:?}",
                     session.calling
                 );
-                session.broken = session.incoming.is_some() || session.stored > 0;
+                session.broken = session.incoming.is_some();
                 break;
             }
             Ok(other) => {
@@ -258,7 +260,8 @@ async fn association(
                     "DICOM association from {} ({peer}) failed: {error}",
                     session.calling
                 );
-                session.broken = true;
+                // A connection closed or gone silent between instances lost nothing.
+                session.broken = session.incoming.is_some();
                 break;
             }
         }
@@ -519,8 +522,8 @@ impl Session {
         }
     }
 
-    /// An association that ended without its release, mid-transfer or after instances
-    /// were stored: the modality may not have sent everything.
+    /// An association that broke off in the middle of an instance (aborted, the
+    /// connection lost, a response that could not be sent): that instance is lost.
     async fn association_fault(&self) {
         let Some(last) = self.last_instance.clone() else {
             return;
@@ -534,10 +537,12 @@ impl Session {
             self.calling,
             self.peer,
             self.stored,
-            if self.incoming.is_some() {
-                ", in the middle of an instance"
-            } else {
-                ""
+            match &self.incoming {
+                Some(incoming) => format!(
+                    ", in the middle of instance {} (not stored: the modality must send it again)",
+                    incoming.sop_instance
+                ),
+                None => String::new(),
             }
         );
         self.fault(&last, "dicom-association-aborted", detail, key)
