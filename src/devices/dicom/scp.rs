@@ -174,6 +174,11 @@ async fn association(
         .write_timeout(Duration::from_secs(60));
     let mut association = match options.establish_async(stream).await {
         Ok(association) => association,
+        // A rejection was logged with its reason by the access control.
+        Err(error @ dicom_ul::association::Error::Rejected { .. }) => {
+            tracing::debug!("DICOM association from {peer} not established: {error}");
+            return;
+        }
         Err(error) => {
             tracing::warn!("DICOM association from {peer} not established: {error}");
             return;
