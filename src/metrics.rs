@@ -42,9 +42,11 @@ pub enum Adapter {
     Mllp = 0,
     Mqtt = 1,
     Http = 2,
+    /// The DICOM C-STORE SCP (`--dicom`); one message per instance.
+    Dicom = 3,
 }
 
-const ADAPTERS: [&str; 3] = ["mllp", "mqtt", "http"];
+const ADAPTERS: [&str; 4] = ["mllp", "mqtt", "http", "dicom"];
 
 impl Adapter {
     pub fn name(self) -> &'static str {
@@ -56,6 +58,7 @@ impl Adapter {
             "mllp" => Some(Adapter::Mllp),
             "mqtt" => Some(Adapter::Mqtt),
             "http" => Some(Adapter::Http),
+            "dicom" => Some(Adapter::Dicom),
             _ => None,
         }
     }

@@ -23,10 +23,13 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     /// The MLLP listener's address, when one runs (`--mllp`).
     pub mllp_addr: Option<SocketAddr>,
+    /// The DICOM C-STORE SCP's address, when one runs (`--dicom`).
+    pub dicom_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
     delivery: Option<DeliveryHandle>,
     mllp: Option<crate::devices::mllp_listener::MllpListener>,
+    dicom: Option<crate::devices::dicom::scp::DicomListener>,
     mqtt: Option<crate::devices::mqtt::MqttSubscriber>,
     /// The watch for silent devices, and how to stop it.
     offline_watch: Option<(tokio::sync::watch::Sender<bool>, JoinHandle<()>)>,
@@ -43,6 +46,9 @@ impl RunningServer {
     pub async fn stop(mut self) -> std::io::Result<()> {
         if let Some(mllp) = self.mllp.take() {
             mllp.stop().await;
+        }
+        if let Some(dicom) = self.dicom.take() {
+            dicom.stop().await;
         }
         if let Some(mqtt) = self.mqtt.take() {
             mqtt.stop().await;
@@ -66,6 +72,9 @@ impl RunningServer {
     pub async fn crash(mut self) {
         if let Some(mllp) = self.mllp.take() {
             mllp.stop().await;
+        }
+        if let Some(dicom) = self.dicom.take() {
+            dicom.stop().await;
         }
         if let Some(mqtt) = self.mqtt.take() {
             mqtt.stop().await;
@@ -201,6 +210,24 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, StartError> {
     let (stop_offline_watch, offline_stopped) = tokio::sync::watch::channel(false);
     let offline_watch =
         crate::devices::offline::start(store.clone(), config.device_offline_after, offline_stopped);
+    let dicom_adapter = crate::devices::dicom::DicomAdapter {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        settings: crate::devices::dicom::store::Settings {
+            zone: config.device_time_zone,
+        },
+    };
+    let dicom = match &config.dicom {
+        Some(address) => Some(
+            crate::devices::dicom::scp::DicomListener::start(address, dicom_adapter.clone())
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: address.clone(),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
     let auditor = crate::auth::audit::Auditor::start(store.clone());
     let state = AppState {
         store,
@@ -210,6 +237,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, StartError> {
         audit: auditor,
         hl7,
         json: json_adapter,
+        dicom: dicom_adapter,
         auth: Arc::new(
             crate::auth::token::TokenService::new(signing_keys, policy_for_auth)
                 .with_external(external_idp),
@@ -231,10 +259,12 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, StartError> {
     Ok(RunningServer {
         addr,
         mllp_addr: mllp.as_ref().map(|m| m.addr),
+        dicom_addr: dicom.as_ref().map(|d| d.addr),
         stop: Some(stop),
         task,
         delivery: Some(delivery),
         mllp,
+        dicom,
         mqtt,
         offline_watch: Some((stop_offline_watch, offline_watch)),
     })

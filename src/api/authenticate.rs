@@ -48,6 +48,9 @@ pub fn needs(method: &Method, segments: &[&str]) -> Needs {
         [] | ["_history"] => Needs::Everything,
         // Device messages become Observations (and their Devices); the writes are then
         // checked one by one like any other.
+        // A DICOM instance becomes (or changes) an ImagingStudy, with its Device, Patient
+        // and dose Observations, each write checked in turn.
+        ["_ingest", "dicom"] => access("ImagingStudy", Permission::Create),
         ["_ingest", ..] => access("Observation", Permission::Create),
         ["_admin", ..] => Needs::Everything,
         // The websocket channel authenticates with its binding token (a websocket client

@@ -252,3 +252,59 @@ pub async fn ingest(
     )
         .into_response())
 }
+
+/// Stores one DICOM instance, as the C-STORE SCP does (the edge agent uploads the files
+/// of its watched folders here, pixel data stripped): the modality as a Device, the
+/// Patient, the instance merged into its ImagingStudy, and dose Observations from CT
+/// dose reports and CT images. Sending the same instance again changes nothing.
+#[utoipa::path(
+    post, path = "/ingest/dicom", tag = "Devices",
+    request_body(content = Vec<u8>, content_type = "application/dicom",
+        description = "One DICOM Part-10 file (128-byte preamble, DICM, file meta information, data set); the pixel data may be left out"),
+    responses(
+        (status = 201, description = "The instance started a new ImagingStudy: {\"imagingStudy\": \"ImagingStudy/…\", \"studyCreated\", \"studyUpdated\", \"patient\", \"device\", \"observations\": [\"Observation/…\"], \"observationsCreated\"}", content_type = "application/json"),
+        (status = 200, description = "The instance was added to its ImagingStudy (studyUpdated), or was there already (nothing changed); same body", content_type = "application/json"),
+        (status = 400, description = "The body is not DICOM or cannot be parsed", content_type = "application/fhir+json"),
+        (status = 403, description = "The token may not write what the instance holds", content_type = "application/fhir+json"),
+        (status = 413, description = "Larger than --max-body-bytes (strip the pixel data)", content_type = "application/fhir+json"),
+        (status = 415, description = "The Content-Type is not application/dicom", content_type = "application/fhir+json"),
+        (status = 422, description = "DICOM that cannot become FHIR (no Patient ID, no study UID): what is missing", content_type = "application/fhir+json"),
+        (status = 503, description = "The server cannot store it now; send it again later", content_type = "application/fhir+json"),
+    )
+)]
+pub async fn ingest_dicom(
+    State(state): State<AppState>,
+    caller: super::extract::Caller,
+    body: super::extract::DicomBody,
+) -> FhirResult<Response> {
+    let instance = match crate::devices::dicom::read_part10(&body.0) {
+        Ok(instance) => std::sync::Arc::new(instance),
+        Err(error) => {
+            state.dicom.unreadable(Adapter::Http);
+            return Err(error.into());
+        }
+    };
+    let stored = state.dicom.store(Adapter::Http, instance, caller.0).await?;
+    let status = if stored.study_created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let observations: Vec<String> = stored
+        .observations
+        .iter()
+        .map(|id| format!("Observation/{id}"))
+        .collect();
+    Ok(json_response(
+        status,
+        &json!({
+            "imagingStudy": format!("ImagingStudy/{}", stored.study),
+            "studyCreated": stored.study_created,
+            "studyUpdated": stored.study_updated,
+            "patient": format!("Patient/{}", stored.patient),
+            "device": stored.device.map(|id| format!("Device/{id}")),
+            "observations": observations,
+            "observationsCreated": stored.observations_created,
+        }),
+    ))
+}

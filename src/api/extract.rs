@@ -64,6 +64,31 @@ impl FromRequest<AppState> for PatchBody {
     }
 }
 
+/// A DICOM Part-10 file (`application/dicom`), within the server's body limit.
+pub struct DicomBody(pub Bytes);
+
+impl FromRequest<AppState> for DicomBody {
+    type Rejection = FhirError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        match media_type(req.headers()).as_deref() {
+            Some("application/dicom") => {}
+            other => {
+                return Err(FhirError::not_supported(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    format!(
+                        "{} is not accepted here; send one DICOM Part-10 file as application/dicom",
+                        other.map_or("a body without Content-Type".to_string(), |t| format!(
+                            "Content-Type {t}"
+                        ))
+                    ),
+                ))
+            }
+        }
+        Ok(DicomBody(read_body(req, state).await?))
+    }
+}
+
 /// The media type of the body without parameters, lower-cased; `None` when absent.
 fn media_type(headers: &HeaderMap) -> Option<String> {
     headers

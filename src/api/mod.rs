@@ -48,6 +48,8 @@ pub struct AppState {
     pub hl7: crate::devices::hl7_pipeline::Hl7Adapter,
     /// The JSON telemetry adapter (`POST /ingest/{template}`, MQTT, replays).
     pub json: crate::devices::json_pipeline::JsonAdapter,
+    /// The DICOM adapter (`POST /ingest/dicom`; the SCP uses it too).
+    pub dicom: crate::devices::dicom::DicomAdapter,
 }
 
 /// The FHIR routes with their OpenAPI description.
@@ -92,6 +94,7 @@ pub fn fhir_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(devices::list_dead_letters))
         .routes(routes!(devices::get_dead_letter))
         .routes(routes!(devices::replay_dead_letter))
+        .routes(routes!(devices::ingest_dicom))
         .routes(routes!(devices::ingest))
         .routes(routes!(device_health::heartbeat))
         .routes(routes!(device_health::fleet_health))

@@ -7,10 +7,11 @@
 //! interpretation, [`ack`]); messages that cannot be stored are kept as
 //! [`dead_letters`] and can be replayed. Devices that report their state (the edge
 //! agent's heartbeats) are followed by [`health`], and marked offline by [`offline`] when
-//! they fall silent.
+//! they fall silent. Imaging modalities send DICOM ([`dicom`]: C-STORE and uploads).
 pub mod ack;
 pub mod codes;
 pub mod dead_letters;
+pub mod dicom;
 pub mod health;
 pub mod hl7;
 pub mod hl7_pipeline;

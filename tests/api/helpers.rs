@@ -179,6 +179,14 @@ impl TestApp {
         self.database_url.starts_with("postgres")
     }
 
+    /// The address of the DICOM C-STORE SCP (the test must have set `config.dicom`).
+    pub fn dicom_addr(&self) -> std::net::SocketAddr {
+        self.server
+            .as_ref()
+            .and_then(|s| s.dicom_addr)
+            .expect("the server runs a DICOM SCP")
+    }
+
     /// The address of the MLLP listener (the test must have set `config.mllp`).
     pub fn mllp_addr(&self) -> std::net::SocketAddr {
         self.server

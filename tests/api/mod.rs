@@ -9,6 +9,7 @@ mod conformance;
 mod crud;
 mod devices_json;
 mod devices_mllp;
+mod dicom;
 mod errors;
 mod helpers;
 mod history;
