@@ -219,12 +219,16 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, StartError> {
     };
     let dicom = match &config.dicom {
         Some(address) => Some(
-            crate::devices::dicom::scp::DicomListener::start(address, dicom_adapter.clone())
-                .await
-                .map_err(|source| StartError::Listen {
-                    addr: address.clone(),
-                    source,
-                })?,
+            crate::devices::dicom::scp::DicomListener::start(
+                address,
+                crate::devices::dicom::scp::AE_TITLE,
+                dicom_adapter.clone(),
+            )
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: address.clone(),
+                source,
+            })?,
         ),
         None => None,
     };

@@ -22,6 +22,11 @@
 //! [[source]]
 //! kind = "dicom-folder"
 //! path = "/srv/dicom-drop"
+//!
+//! [[source]]
+//! kind = "dicom"                      # a C-STORE SCP for the modality
+//! listen = "0.0.0.0:11112"
+//! ae_title = "FHIRGATE"               # optional
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -98,6 +103,13 @@ pub enum SourceConfig {
     DicomFolder {
         path: PathBuf,
     },
+    /// A C-STORE SCP the modality sends to.
+    Dicom {
+        /// Where to listen, e.g. `0.0.0.0:11112`.
+        listen: String,
+        /// The AE title the modality calls [default: FHIRGATE].
+        ae_title: Option<String>,
+    },
     Hl7Folder {
         path: PathBuf,
     },
@@ -131,6 +143,21 @@ impl AgentConfig {
             return Err("max_queue_bytes must be positive".into());
         }
         for (index, source) in config.sources.iter().enumerate() {
+            if let SourceConfig::Dicom {
+                ae_title: Some(title),
+                ..
+            } = source
+            {
+                // An AE title is 1 to 16 characters of the default repertoire, no backslash.
+                let valid = !title.trim().is_empty()
+                    && title.len() <= 16
+                    && title.chars().all(|c| (' '..='~').contains(&c) && c != '\\');
+                if !valid {
+                    return Err(format!(
+                        "source[{index}]: ae_title {title:?} must be 1 to 16 printable ASCII characters"
+                    ));
+                }
+            }
             if let SourceConfig::Serial {
                 data_bits,
                 stop_bits,
@@ -273,7 +300,7 @@ mod tests {
         let example = &readme[start..];
         let example = &example[..example.find("```").expect("end of the example")];
         let config = AgentConfig::parse(example).unwrap();
-        assert_eq!(config.sources.len(), 5);
+        assert_eq!(config.sources.len(), 6);
         assert!(config.auth.is_some());
     }
 }

@@ -11,9 +11,10 @@ use tokio::sync::Mutex;
 use super::config::AuthConfig;
 
 /// What the agent asks for when the operator does not say: writing device data (the
-/// `s`: conditional creates find what was sent before by searching), and finding the
-/// patients its sources name by identifier.
-pub const DEFAULT_SCOPE: &str = "system/Observation.crus system/Device.crus system/DeviceMetric.crus system/DetectedIssue.crus system/ImagingStudy.crus system/Patient.rs";
+/// `s`: conditional creates find what was sent before by searching), finding the
+/// patients its sources name by identifier, and creating those an imaging study names
+/// (a DICOM instance carries its patient's demographics).
+pub const DEFAULT_SCOPE: &str = "system/Observation.crus system/Device.crus system/DeviceMetric.crus system/DetectedIssue.crus system/ImagingStudy.crus system/Patient.crs";
 
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 use super::sink::Sink;
+use crate::devices::dicom;
 use crate::devices::hl7::Message;
 use crate::devices::pcd01;
 
@@ -71,14 +72,32 @@ fn settled_files(dir: &Path) -> Vec<PathBuf> {
     files.into_iter().map(|(_, path)| path).collect()
 }
 
-/// Moves a handled file out of the way: `Err` (why it failed) for one not queued.
-fn finish(dir: &Path, file: &Path, outcome: Result<(), String>) {
+/// Why a file was not taken.
+enum NotTaken {
+    /// Its content: it is set aside in `.failed/` with the reason.
+    Refused(String),
+    /// The queue cannot take it now (full): it stays where it is, tried again later.
+    Later(String),
+}
+
+impl From<String> for NotTaken {
+    fn from(why: String) -> NotTaken {
+        NotTaken::Refused(why)
+    }
+}
+
+/// Moves a handled file out of the way (a file to try again stays).
+fn finish(dir: &Path, file: &Path, outcome: Result<(), NotTaken>) {
     let Some(name) = file.file_name() else {
         return;
     };
     let moved = match &outcome {
         Ok(()) => std::fs::rename(file, dir.join(".done").join(name)),
-        Err(why) => {
+        Err(NotTaken::Later(why)) => {
+            tracing::warn!(file = %file.display(), "file left for later: {why}");
+            return;
+        }
+        Err(NotTaken::Refused(why)) => {
             tracing::warn!(file = %file.display(), "file not taken: {why}");
             let mut error_name = name.to_os_string();
             error_name.push(".error");
@@ -91,7 +110,7 @@ fn finish(dir: &Path, file: &Path, outcome: Result<(), String>) {
     }
 }
 
-async fn hl7_file(folder: &Folder, sink: &Sink, file: &Path) -> Result<(), String> {
+async fn hl7_file(folder: &Folder, sink: &Sink, file: &Path) -> Result<(), NotTaken> {
     let bytes = std::fs::read(file).map_err(|e| format!("cannot read: {e}"))?;
     let text = String::from_utf8_lossy(&bytes);
     let settings = pcd01::Settings {
@@ -115,12 +134,12 @@ async fn hl7_file(folder: &Folder, sink: &Sink, file: &Path) -> Result<(), Strin
         messages.push(parsed.message);
     }
     if messages.is_empty() {
-        return Err("the file holds no HL7 message".into());
+        return Err(NotTaken::Refused("the file holds no HL7 message".into()));
     }
-    for message in &messages {
-        sink.readings(&folder.name, message, None).await;
-    }
-    Ok(())
+    // One queue item: the file's messages are uploaded together, or not yet.
+    sink.all_readings(&folder.name, &messages)
+        .await
+        .map_err(|e| NotTaken::Later(format!("cannot queue the file's readings: {e}")))
 }
 
 /// The messages of a file: each starts with `MSH`; MLLP framing bytes are ignored.
@@ -142,9 +161,15 @@ fn split_messages(text: &str) -> Vec<String> {
     messages
 }
 
-async fn dicom_file(folder: &Folder, sink: &Sink, file: &Path) -> Result<(), String> {
-    let _ = (folder, sink, file);
-    Err("DICOM_PENDING".into())
+/// A DICOM Part-10 file: checked to be an instance the server can map, then queued
+/// without its pixel data (the server stores none, and the upload stays small).
+async fn dicom_file(folder: &Folder, sink: &Sink, file: &Path) -> Result<(), NotTaken> {
+    let bytes = std::fs::read(file).map_err(|e| format!("cannot read the file: {e}"))?;
+    let stripped = dicom::strip_pixel_data(&bytes).map_err(|e| e.to_string())?;
+    dicom::read_part10(&stripped).map_err(|e| e.to_string())?;
+    sink.file(&folder.name, "dicom", &stripped)
+        .await
+        .map_err(|e| NotTaken::Later(format!("cannot queue the instance: {e}")))
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 pub mod bundle;
 pub mod config;
 pub mod credentials;
+pub mod dicom_scp;
 pub mod folders;
 pub mod health;
 pub mod queue;
@@ -32,6 +33,8 @@ use sink::Sink;
 pub struct RunningAgent {
     pub health: Health,
     pub queue: Arc<Queue>,
+    /// The addresses of its DICOM sources (in the order of the configuration).
+    pub dicom_addrs: Vec<std::net::SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -63,6 +66,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, String> {
         health: health.clone(),
     };
     let mut tasks = JoinSet::new();
+    let mut dicom_addrs = Vec::new();
     for (index, source) in config.sources.iter().enumerate() {
         match source {
             SourceConfig::Serial {
@@ -91,6 +95,26 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, String> {
                     device_serial: device_serial.clone(),
                 };
                 tasks.spawn(serial_port::run(source, sink.clone(), shutdown.clone()));
+            }
+            SourceConfig::Dicom { listen, ae_title } => {
+                let ae_title = ae_title
+                    .as_deref()
+                    .unwrap_or(crate::devices::dicom::scp::AE_TITLE)
+                    .trim();
+                let destination = dicom_scp::AgentDicom {
+                    name: format!("dicom:{listen}"),
+                    sink: sink.clone(),
+                };
+                let listener =
+                    crate::devices::dicom::scp::DicomListener::start(listen, ae_title, destination)
+                        .await
+                        .map_err(|e| format!("source[{index}]: cannot listen on {listen}: {e}"))?;
+                dicom_addrs.push(listener.addr);
+                let mut stopping = shutdown.clone();
+                tasks.spawn(async move {
+                    let _ = stopping.changed().await;
+                    listener.stop().await;
+                });
             }
             SourceConfig::Hl7Folder { path } | SourceConfig::DicomFolder { path } => {
                 let kind = match source {
@@ -131,6 +155,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent, String> {
     Ok(RunningAgent {
         health,
         queue,
+        dicom_addrs,
         stop,
         tasks,
     })

@@ -32,6 +32,26 @@ impl Sink {
             .await;
     }
 
+    /// Queues the readings of several messages as one item (a file's, taken whole); the
+    /// caller decides what to do when the queue cannot take them.
+    pub async fn all_readings(
+        &self,
+        source: &str,
+        messages: &[DeviceMessage],
+    ) -> Result<(), QueueError> {
+        let mut seen = std::collections::HashSet::new();
+        let entries: Vec<serde_json::Value> = messages
+            .iter()
+            .flat_map(|message| bundle::message_entries(message, None))
+            .filter(|entry| seen.insert(entry["fullUrl"].as_str().unwrap_or_default().to_string()))
+            .collect();
+        self.queue
+            .push(source, &json!({"kind": "entries", "entries": entries}))
+            .await?;
+        self.pushed.notify_one();
+        Ok(())
+    }
+
     /// Queues a fault as a DetectedIssue on the device.
     pub async fn fault(
         &self,

@@ -105,7 +105,7 @@ impl SerialDevice {
 }
 
 /// A client registered for the agent, its key written where its `[auth]` table says.
-async fn agent_auth(app: &TestApp, dir: &Path) -> String {
+pub(super) async fn agent_auth(app: &TestApp, dir: &Path) -> String {
     let key = ec_key("agent-key");
     let client = format!("agent-{}", uuid::Uuid::new_v4().simple());
     register_in(
@@ -125,7 +125,7 @@ async fn agent_auth(app: &TestApp, dir: &Path) -> String {
     )
 }
 
-fn agent_config(app: &TestApp, dir: &Path, auth: &str, sources: &str) -> AgentConfig {
+pub(super) fn agent_config(app: &TestApp, dir: &Path, auth: &str, sources: &str) -> AgentConfig {
     let text = format!(
         "server = \"{}\"\nqueue = \"{}\"\nheartbeat_seconds = 1\n{auth}\n{sources}",
         app.base,
@@ -146,7 +146,7 @@ async fn start_agent(config: AgentConfig) -> RunningAgent {
 }
 
 /// Polls `probe` until it gives a value (30 s at most).
-async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+pub(super) async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,

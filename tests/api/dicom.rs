@@ -310,6 +310,14 @@ fn part10(object: &InMemDicomObject) -> Vec<u8> {
 /// An association to the server's SCP proposing Verification, CT Image Storage (Explicit
 /// VR LE) and X-Ray Radiation Dose SR Storage (Implicit VR LE).
 async fn connect(app: &TestApp, called: &str) -> Result<Association, dicom_ul::association::Error> {
+    connect_to(app.dicom_addr(), called).await
+}
+
+/// [`connect`] to any SCP (the agent's).
+async fn connect_to(
+    address: std::net::SocketAddr,
+    called: &str,
+) -> Result<Association, dicom_ul::association::Error> {
     ClientAssociationOptions::new()
         .calling_ae_title("TEST-CT")
         .called_ae_title(called)
@@ -323,7 +331,7 @@ async fn connect(app: &TestApp, called: &str) -> Result<Association, dicom_ul::a
             vec![uids::IMPLICIT_VR_LITTLE_ENDIAN],
         )
         .read_timeout(Duration::from_secs(30))
-        .establish_async(app.dicom_addr())
+        .establish_async(address)
         .await
 }
 
@@ -1164,4 +1172,67 @@ async fn ingest_dicom_needs_a_token_that_may_write_imaging_studies() {
         .await
         .unwrap();
     assert_eq!(added.status(), 200, "{}", added.text().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_forwards_instances_from_its_scp_and_its_folder_without_pixel_data() {
+    let app = spawn_app().await;
+    let dir = super::cli::temp_dir("agent-dicom");
+    let drop = dir.join("dicom-drop");
+    std::fs::create_dir_all(&drop).unwrap();
+    let auth = super::agent::agent_auth(&app, &dir).await;
+    let config = super::agent::agent_config(
+        &app,
+        &dir,
+        &auth,
+        &format!(
+            "[[source]]\nkind = \"dicom\"\nlisten = \"127.0.0.1:0\"\nae_title = \"GATEWAY-CT\"\n\n\
+             [[source]]\nkind = \"dicom-folder\"\npath = \"{}\"\n",
+            drop.display()
+        ),
+    );
+    let agent = fhirgate::agent::start(config).await.expect("agent starts");
+    let study = Study::new();
+
+    // The modality sends an image to the agent's SCP, under the agent's AE title.
+    assert!(connect_to(agent.dicom_addrs[0], "FHIRGATE").await.is_err());
+    let mut association = connect_to(agent.dicom_addrs[0], "GATEWAY-CT")
+        .await
+        .expect("association accepted");
+    let (status, comment) = c_store(&mut association, &ct_image(&study, 1, 1, 12.5)).await;
+    assert_eq!(status, 0x0000, "{comment}");
+    association.release().await.expect("released");
+    // A dose report is dropped in the watched folder, with something that is not DICOM.
+    std::fs::write(drop.join("dose.dcm"), part10(&dose_report(&study, 2))).unwrap();
+    std::fs::write(drop.join("junk.dcm"), b"not a DICOM file").unwrap();
+
+    let imaging = super::agent::eventually("the study with both series", || async {
+        search(&app, &study.criteria()).await.into_iter().find(|s| {
+            s["series"]
+                .as_array()
+                .is_some_and(|series| series.len() == 2)
+        })
+    })
+    .await;
+    assert_eq!(imaging["numberOfInstances"], 2);
+    let study_id = imaging["id"].as_str().unwrap().to_string();
+    let doses = search(
+        &app,
+        &format!("Observation?part-of=ImagingStudy/{study_id}&_count=50"),
+    )
+    .await;
+    let codes: Vec<&str> = doses
+        .iter()
+        .filter_map(|o| o["code"]["coding"][0]["code"].as_str())
+        .collect();
+    assert!(codes.contains(&"113813"), "total DLP: {codes:?}");
+    assert!(codes.contains(&"113830"), "CTDIvol: {codes:?}");
+    super::agent::eventually("the files filed", || async {
+        (drop.join(".done/dose.dcm").exists() && drop.join(".failed/junk.dcm").exists())
+            .then_some(())
+    })
+    .await;
+    let why = std::fs::read_to_string(drop.join(".failed/junk.dcm.error")).unwrap();
+    assert!(why.contains("not a DICOM Part-10 file"), "{why}");
+    agent.stop().await;
 }

@@ -237,6 +237,38 @@ pub fn read_dataset(
     )
 }
 
+/// A C-STORE data set as a Part-10 file (preamble, `DICM`, file meta from the command's
+/// SOP class and instance and the presentation context's transfer syntax): what the
+/// agent forwards of an instance it received.
+pub fn part10_from_dataset(
+    bytes: &[u8],
+    transfer_syntax: &str,
+    sop_class_uid: &str,
+    sop_instance_uid: &str,
+) -> Result<Vec<u8>, DicomError> {
+    let meta = FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(sop_class_uid)
+        .media_storage_sop_instance_uid(sop_instance_uid)
+        .transfer_syntax(transfer_syntax)
+        .build()
+        .map_err(|e| {
+            DicomError::Unreadable(format!(
+                "the C-STORE cannot be written as a file: {}",
+                chain(&e)
+            ))
+        })?;
+    let mut file = vec![0u8; 128];
+    file.extend_from_slice(b"DICM");
+    meta.write(&mut file).map_err(|e| {
+        DicomError::Unreadable(format!(
+            "the C-STORE cannot be written as a file: {}",
+            chain(&e)
+        ))
+    })?;
+    file.extend_from_slice(bytes);
+    Ok(file)
+}
+
 /// The same Part-10 file without its pixel data (group 7FE0 and what follows it, and
 /// overlay bitmaps), re-encoded in its own transfer syntax: what the server maps, at a
 /// fraction of the size.

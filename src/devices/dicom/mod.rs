@@ -5,6 +5,7 @@
 //! and stored in one transaction ([`store`]); [`adapter`] is what both ways share.
 //! Pixel data is never stored.
 pub mod adapter;
+pub mod destination;
 pub mod instance;
 pub mod mapping;
 pub mod scp;

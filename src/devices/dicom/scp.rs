@@ -31,10 +31,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::adapter::DicomAdapter;
+use super::destination::{Destination, Refusal};
 use super::instance::{self, DicomError, Instance};
-use super::store::{record_fault, Fault};
-use crate::metrics::Adapter;
 
 /// The server's AE title.
 pub const AE_TITLE: &str = "FHIRGATE";
@@ -68,12 +66,18 @@ pub struct DicomListener {
 }
 
 impl DicomListener {
-    pub async fn start(address: &str, adapter: DicomAdapter) -> std::io::Result<DicomListener> {
+    /// Listens on `address` as `ae_title` (the server's is [`AE_TITLE`]).
+    pub async fn start<D: Destination>(
+        address: &str,
+        ae_title: &str,
+        destination: D,
+    ) -> std::io::Result<DicomListener> {
         let listener = TcpListener::bind(address).await?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(accept(listener, adapter, stopped));
-        tracing::info!("DICOM C-STORE SCP {AE_TITLE} on {addr}");
+        let ae_title = ae_title.to_string();
+        tracing::info!("DICOM C-STORE SCP {ae_title} on {addr}");
+        let task = tokio::spawn(accept(listener, ae_title, destination, stopped));
         Ok(DicomListener { addr, stop, task })
     }
 
@@ -85,7 +89,12 @@ impl DicomListener {
     }
 }
 
-async fn accept(listener: TcpListener, adapter: DicomAdapter, mut stopped: watch::Receiver<bool>) {
+async fn accept<D: Destination>(
+    listener: TcpListener,
+    ae_title: String,
+    adapter: D,
+    mut stopped: watch::Receiver<bool>,
+) {
     let mut associations = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -93,7 +102,7 @@ async fn accept(listener: TcpListener, adapter: DicomAdapter, mut stopped: watch
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    associations.spawn(association(stream, peer, adapter.clone(), stopped.clone()));
+                    associations.spawn(association(stream, peer, ae_title.clone(), adapter.clone(), stopped.clone()));
                 }
                 Err(error) => {
                     tracing::warn!("DICOM accept failed: {error}");
@@ -143,10 +152,10 @@ struct Incoming {
 }
 
 /// One association's state.
-struct Session {
+struct Session<D> {
     peer: SocketAddr,
     calling: String,
-    adapter: DicomAdapter,
+    adapter: D,
     /// The command set being received (commands may come in fragments).
     command: Vec<u8>,
     incoming: Option<Incoming>,
@@ -158,15 +167,16 @@ struct Session {
     stored: usize,
 }
 
-async fn association(
+async fn association<D: Destination>(
     stream: TcpStream,
     peer: SocketAddr,
-    adapter: DicomAdapter,
+    ae_title: String,
+    adapter: D,
     mut stopped: watch::Receiver<bool>,
 ) {
     let options = ServerAssociationOptions::new()
         .ae_access_control(CalledAeTitle)
-        .ae_title(AE_TITLE)
+        .ae_title(ae_title)
         .promiscuous(true)
         .strict(false)
         .max_pdu_length(MAX_PDU)
@@ -289,7 +299,7 @@ fn pdu_name(pdu: &Pdu) -> &'static str {
     }
 }
 
-impl Session {
+impl<D: Destination> Session<D> {
     /// Takes one P-DATA value; returns the response to send once a message is complete.
     async fn receive(&mut self, value: PDataValue, transfer_syntax: Option<String>) -> Option<Pdu> {
         let context = value.presentation_context_id;
@@ -409,7 +419,7 @@ impl Session {
         }
         let adapter = self.adapter.clone();
         if incoming.too_large {
-            adapter.unreadable(Adapter::Dicom);
+            adapter.unreadable();
             let why = format!(
                 "instance {} is larger than {} MiB",
                 incoming.sop_instance,
@@ -419,7 +429,7 @@ impl Session {
             return answer(OUT_OF_RESOURCES, Some(&why));
         }
         let Some(transfer_syntax) = transfer_syntax else {
-            adapter.unreadable(Adapter::Dicom);
+            adapter.unreadable();
             return answer(
                 CANNOT_UNDERSTAND,
                 Some("the data set came on a presentation context that was not accepted"),
@@ -431,11 +441,10 @@ impl Session {
             &incoming.sop_class,
             &incoming.sop_instance,
         );
-        drop(incoming.data);
         let instance = match read {
             Ok(instance) => Arc::new(instance),
             Err(error) => {
-                adapter.unreadable(Adapter::Dicom);
+                adapter.unreadable();
                 let status = match error {
                     DicomError::Incomplete(_) => DOES_NOT_MATCH_SOP_CLASS,
                     _ => CANNOT_UNDERSTAND,
@@ -465,7 +474,7 @@ impl Session {
         if instance.sop_class_uid != incoming.sop_class
             || instance.sop_instance_uid != incoming.sop_instance
         {
-            adapter.unreadable(Adapter::Dicom);
+            adapter.unreadable();
             let why = format!(
                 "the data set is SOP instance {} of class {}, the command says instance {} of class {}",
                 instance.sop_instance_uid, instance.sop_class_uid, incoming.sop_instance, incoming.sop_class
@@ -481,31 +490,22 @@ impl Session {
             return answer(DOES_NOT_MATCH_SOP_CLASS, Some(&why));
         }
         self.last_instance = Some(instance.clone());
-        match adapter.store(Adapter::Dicom, instance.clone(), None).await {
-            Ok(stored) => {
+        let kept = adapter
+            .keep(instance.clone(), &incoming.data, &transfer_syntax)
+            .await;
+        drop(incoming.data);
+        match kept {
+            Ok(()) => {
                 self.stored += 1;
                 tracing::debug!(
-                    "DICOM {}: instance {} stored in ImagingStudy/{}",
+                    "DICOM {}: instance {} kept",
                     self.calling,
-                    instance.sop_instance_uid,
-                    stored.study
+                    instance.sop_instance_uid
                 );
                 answer(SUCCESS, None)
             }
-            Err(error) if error.status.is_server_error() => {
-                tracing::error!(
-                    "DICOM {}: instance {} could not be stored now: {}",
-                    self.calling,
-                    instance.sop_instance_uid,
-                    error.message()
-                );
-                answer(
-                    OUT_OF_RESOURCES,
-                    Some("the server cannot store the instance now; send it again later"),
-                )
-            }
-            Err(error) => {
-                let why = error.message();
+            Err(Refusal::Later(why)) => answer(OUT_OF_RESOURCES, Some(&why)),
+            Err(Refusal::Content(why)) => {
                 tracing::warn!(
                     "DICOM {} ({}): instance {} refused: {why}",
                     self.calling,
@@ -555,17 +555,7 @@ impl Session {
     }
 
     async fn fault(&self, instance: &Instance, code: &str, detail: String, key: String) {
-        let fault = Fault {
-            instance,
-            code,
-            detail,
-            key,
-        };
-        match record_fault(&self.adapter.store, fault).await {
-            Ok(Some(id)) => tracing::info!("DICOM fault recorded as DetectedIssue/{id}"),
-            Ok(None) => {}
-            Err(error) => tracing::error!("a DICOM fault could not be recorded: {error}"),
-        }
+        self.adapter.fault(instance, code, detail, key).await;
     }
 }
 
