@@ -274,7 +274,7 @@ pub async fn start(config: ServeConfig) -> Result<RunningServer, StartError> {
     })
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -169,11 +169,11 @@ impl RunningAgent {
     }
 }
 
-/// `fhirgate agent`: runs until interrupted.
+/// `fhirgate agent`: runs until interrupted (SIGINT, or SIGTERM from a service manager).
 pub async fn run(config: AgentConfig) -> Result<(), String> {
     let agent = start(config).await?;
     tracing::info!("agent running");
-    let _ = tokio::signal::ctrl_c().await;
+    crate::server::shutdown_signal().await;
     tracing::info!("agent stopping; queued readings stay for the next run");
     agent.stop().await;
     Ok(())

@@ -274,3 +274,48 @@ fn clients_are_registered_listed_and_removed() {
     assert!(!out_list.contains("ehr-1"));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn the_agent_explains_a_bad_configuration_and_stops_on_sigterm() {
+    let dir = temp_dir("agent");
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "server = \"ftp://fhir.example\"\nqueue = \"q.db\"\n").unwrap();
+    let output = fhirgate(&dir)
+        .args(["agent", "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("must be the FHIR base URL"), "{stderr}");
+
+    // A good one runs (the server it names may be away) until the service manager stops it.
+    let good = dir.join("agent.toml");
+    std::fs::write(
+        &good,
+        format!(
+            "server = \"http://127.0.0.1:9/fhir\"\nqueue = \"{}\"\n",
+            dir.join("queue.db").display()
+        ),
+    )
+    .unwrap();
+    let mut child = fhirgate(&dir)
+        .args(["agent", "--config", good.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    let queue = dir.join("queue.db");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !queue.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not open its queue"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the agent keeps running"
+    );
+    terminate(&child);
+    assert!(wait_for_exit(&mut child).success());
+}
