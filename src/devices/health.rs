@@ -289,7 +289,7 @@ async fn record_in(txn: &WriteTxn<'_>, heartbeat: &Heartbeat) -> FhirResult<Reco
     let searching = Sight::of(&caller, Permission::Read);
     let (system, value) = device_identifier(&heartbeat.device)
         .ok_or_else(|| FhirError::bad_request("the Device has no identifier"))?;
-    let criteria = token_criteria(&system, &value);
+    let criteria = super::ingest::token_criteria(Some(&system), &value);
     let found = find_matches(txn, "Device", &criteria, searching).await?;
     let reason = status_reason(&heartbeat.status, heartbeat.detail.as_deref());
     let status = device_status(&heartbeat.status);
@@ -565,22 +565,6 @@ pub fn health_parts(device: &Json, presence: Option<&Presence>) -> Vec<Json> {
         parts.push(json!({"name": "online", "valueBoolean": !presence.offline}));
     }
     parts
-}
-
-/// Search criteria for an identifier token, escaped.
-fn token_criteria(system: &str, value: &str) -> String {
-    let escape = |text: &str| {
-        text.replace('\\', "\\\\")
-            .replace('|', "\\|")
-            .replace(',', "\\,")
-            .replace('$', "\\$")
-    };
-    form_urlencoded::Serializer::new(String::new())
-        .append_pair(
-            "identifier",
-            &format!("{}|{}", escape(system), escape(value)),
-        )
-        .finish()
 }
 
 #[cfg(test)]

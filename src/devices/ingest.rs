@@ -332,8 +332,9 @@ async fn find_patient(
     }
 }
 
-/// Search criteria for a token: `system|value`, or the value alone, escaped.
-fn token_criteria(system: Option<&str>, value: &str) -> String {
+/// Search criteria for an identifier token: `system|value`, or the value alone, escaped
+/// (shared by every adapter that finds patients and devices by identifier).
+pub(crate) fn token_criteria(system: Option<&str>, value: &str) -> String {
     let escape = |text: &str| {
         text.replace('\\', "\\\\")
             .replace('|', "\\|")

@@ -10,6 +10,7 @@
 //! patient and the device identifiers; when another server holds one, the job gives up
 //! at once (never holding up this server's writer) and is tried again shortly after.
 
+use crate::devices::ingest::token_criteria;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -153,23 +154,6 @@ async fn try_lock(txn: &WriteTxn<'_>, keys: &[String]) -> FhirResult<bool> {
         .first()
         .and_then(|row| row.try_get::<bool>("", "granted").ok())
         .unwrap_or(false))
-}
-
-/// Search criteria for a token: `system|value`, or the value alone, escaped.
-fn token_criteria(system: Option<&str>, value: &str) -> String {
-    let escape = |text: &str| {
-        text.replace('\\', "\\\\")
-            .replace('|', "\\|")
-            .replace(',', "\\,")
-            .replace('$', "\\$")
-    };
-    let token = match system {
-        Some(system) => format!("{}|{}", escape(system), escape(value)),
-        None => escape(value),
-    };
-    form_urlencoded::Serializer::new(String::new())
-        .append_pair("identifier", &token)
-        .finish()
 }
 
 /// A resource made from the instance that is not valid FHIR is the instance's problem
